@@ -1,0 +1,265 @@
+"""Tracing: a JAX function and example arguments to an IR `Program`.
+
+`jax.make_jaxpr` gives the equations; nested `jit`/`pjit`/`closed_call` and the primal of
+`custom_jvp_call`/`custom_vjp_call` are inlined; every primitive the registry knows becomes
+an IR node; anything else becomes an opaque node carrying its equation verbatim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.extend.core as jcore
+import numpy as np
+
+from ._errors import ShapeError, TraceError
+from .ir import Node, OpaqueEqn, Params, Program, op_for_primitive
+
+# Call-like primitives whose body is traced in place; the value is the params key
+# holding the body.
+_INLINE = {
+    "jit": "jaxpr",
+    "pjit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+}
+
+_NOT_ARRAY_MSG = (
+    "argument {path} of type {kind} is not an array or a number. Pass arrays (or pytrees "
+    "of arrays) as example arguments, and mark other arguments static, e.g. "
+    "`superopt.optimize(fn, x, 3, static_argnums=(1,))`."
+)
+
+
+@dataclass(frozen=True, eq=False)
+class ArgSpec:
+    """The shape and dtype of one flattened argument."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __repr__(self) -> str:
+        return f"{self.dtype.name}{list(self.shape)}"
+
+
+@dataclass(frozen=True, eq=False)
+class Traced:
+    """A traced function: its program plus what it takes to call it like the original.
+
+    **Arguments:**
+
+    - `program`: the IR program over the flattened dynamic arguments.
+    - `in_tree`: the pytree structure of the dynamic arguments.
+    - `out_tree`: the pytree structure of the result.
+    - `arg_specs`: shape and dtype of each flattened argument.
+    - `static_argnums`: positions of the static arguments.
+    - `static_args`: their values, by position.
+    """
+
+    program: Program
+    in_tree: Any
+    out_tree: Any
+    arg_specs: tuple[ArgSpec, ...]
+    static_argnums: tuple[int, ...]
+    static_args: dict[int, Any]
+
+    def flatten_args(self, args: Sequence[Any]) -> list[Any]:
+        """The dynamic leaves of `args`, checked against the traced signature."""
+        from ._errors import SignatureError
+
+        dynamic = [a for i, a in enumerate(args) if i not in self.static_args]
+        for i, value in self.static_args.items():
+            if i >= len(args) or not _same_static(args[i], value):
+                raise SignatureError(
+                    f"static argument {i} differs from the one optimized for "
+                    f"({value!r}); optimize again for a new static value"
+                )
+        leaves, tree = jax.tree_util.tree_flatten(dynamic)
+        if tree != self.in_tree:
+            raise SignatureError(
+                f"arguments have structure {tree}, but the function was optimized for "
+                f"{self.in_tree}"
+            )
+        for k, (leaf, spec) in enumerate(zip(leaves, self.arg_specs)):
+            shape, dtype = np.shape(leaf), _leaf_dtype(leaf)
+            if tuple(shape) != spec.shape or dtype != spec.dtype:
+                raise SignatureError(
+                    f"argument leaf {k} is {dtype.name}{list(shape)}, but the function "
+                    f"was optimized for {spec!r}; call superopt.optimize again for new "
+                    "shapes, or use @superopt.jit, which optimizes per signature"
+                )
+        return leaves
+
+
+def _same_static(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def _leaf_dtype(leaf: Any) -> np.dtype:
+    return np.dtype(jax.dtypes.canonicalize_dtype(jax.numpy.result_type(leaf)))
+
+
+class _Builder:
+    """Converts jaxpr equations to nodes, sharing literals and constants."""
+
+    def __init__(self) -> None:
+        self.consts: dict[str, Any] = {}
+        self._literals: dict[tuple[str, str], Node] = {}
+        self._const_nodes: dict[str, Node] = {}
+
+    def literal(self, value: Any, aval: Any) -> Node:
+        dtype = np.dtype(aval.dtype)
+        arr = np.asarray(value, dtype=dtype)
+        if arr.shape != ():
+            return self.const(arr)
+        scalar = arr.item()
+        key = (repr(scalar) + ("" if not isinstance(scalar, float) else str(np.signbit(arr))),
+               dtype.name)  # fmt: skip
+        node = self._literals.get(key)
+        if node is None:
+            node = Node("literal", (), Params(value=scalar, dtype=dtype), (), dtype)
+            self._literals[key] = node
+        return node
+
+    def const(self, value: Any) -> Node:
+        arr = np.asarray(value) if not isinstance(value, jax.Array) else value
+        host = np.asarray(arr)
+        digest = hashlib.sha1(host.tobytes())
+        digest.update(f"{host.dtype}{host.shape}".encode())
+        key = f"c{digest.hexdigest()[:16]}"
+        node = self._const_nodes.get(key)
+        if node is None:
+            self.consts[key] = arr
+            dtype = np.dtype(host.dtype)
+            node = Node("const", (), Params(key=key), tuple(host.shape), dtype)
+            self._const_nodes[key] = node
+        return node
+
+    def convert(self, jaxpr: Any, consts: Sequence[Any], args: Sequence[Node]) -> list[Node]:
+        env: dict[Any, Node] = {}
+
+        def read(v: Any) -> Node:
+            if isinstance(v, jcore.Literal):
+                return self.literal(v.val, v.aval)
+            return env[v]
+
+        for v, c in zip(jaxpr.constvars, consts):
+            env[v] = self.const(c)
+        for v, n in zip(jaxpr.invars, args):
+            env[v] = n
+        for eqn in jaxpr.eqns:
+            ins = [read(v) for v in eqn.invars]
+            outs = self.equation(eqn, ins)
+            for v, n in zip(eqn.outvars, outs):
+                if not isinstance(v, jcore.DropVar):
+                    env[v] = n
+        return [read(v) for v in jaxpr.outvars]
+
+    def equation(self, eqn: Any, ins: list[Node]) -> list[Node]:
+        name = eqn.primitive.name
+        body_key = _INLINE.get(name)
+        if body_key is not None and body_key in eqn.params:
+            body = eqn.params[body_key]
+            if isinstance(body, jcore.ClosedJaxpr):
+                return self.convert(body.jaxpr, body.consts, ins)
+            return self.convert(body, (), ins)
+        opdef = op_for_primitive(name)
+        if opdef is not None and len(eqn.outvars) == 1:
+            try:
+                params = opdef.from_eqn(dict(eqn.params)) if opdef.from_eqn else {}
+            except ShapeError:
+                params = None  # a form of the primitive the IR does not model
+            if params is not None:
+                aval = eqn.outvars[0].aval
+                shape = tuple(int(d) for d in aval.shape)
+                return [Node(opdef.name, tuple(ins), Params(params), shape, np.dtype(aval.dtype))]
+        return self.opaque(eqn, ins)
+
+    def opaque(self, eqn: Any, ins: list[Node]) -> list[Node]:
+        out_types = []
+        for v in eqn.outvars:
+            aval = v.aval
+            if not hasattr(aval, "shape") or not hasattr(aval, "dtype"):
+                raise TraceError(
+                    f"equation `{eqn.primitive.name}` produces a {type(aval).__name__}, "
+                    "which superopt cannot carry; it supports array-valued programs"
+                )
+            out_types.append((tuple(int(d) for d in aval.shape), np.dtype(aval.dtype)))
+        node = Node(
+            "opaque",
+            tuple(ins),
+            Params(eqn=OpaqueEqn(eqn.primitive, eqn.params), out_types=tuple(out_types)),
+            (),
+            None,
+        )
+        return [
+            Node("tuple_get", (node,), Params(index=i), shape, dtype)
+            for i, (shape, dtype) in enumerate(out_types)
+        ]
+
+
+def trace(
+    fn: Callable[..., Any],
+    *args: Any,
+    static_argnums: int | Sequence[int] = (),
+) -> Traced:
+    """Trace `fn(*args)` into an IR program.
+
+    **Arguments:**
+
+    - `fn`: a JAX-traceable function, plain or wrapped in `jax.jit`.
+    - `*args`: example arguments: arrays, numbers or pytrees of them.
+    - `static_argnums`: positions of arguments that are Python values, not arrays.
+
+    **Returns:** a `Traced` holding the program and the pytree structures.
+    """
+    if not callable(fn):
+        raise TraceError(f"superopt needs a callable to optimize, got {type(fn).__name__} {fn!r}")
+    if isinstance(static_argnums, int):
+        static_argnums = (static_argnums,)
+    static_argnums = tuple(sorted(static_argnums))
+    for i in static_argnums:
+        if not 0 <= i < len(args):
+            raise TraceError(f"static_argnums {i} is out of range for {len(args)} arguments")
+    static_args = {i: args[i] for i in static_argnums}
+    dynamic = [a for i, a in enumerate(args) if i not in static_args]
+    leaves, in_tree = jax.tree_util.tree_flatten(dynamic)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(dynamic)[0]]
+    for path, leaf in zip(paths, leaves):
+        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, bool, complex)):
+            raise TraceError(_NOT_ARRAY_MSG.format(path=path or "0", kind=type(leaf).__name__))
+    out_tree_box: list[Any] = []
+
+    def flat_fn(*flat: Any) -> list[Any]:
+        dyn = iter(jax.tree_util.tree_unflatten(in_tree, flat))
+        full = [static_args[i] if i in static_args else next(dyn) for i in range(len(args))]
+        out = fn(*full)
+        out_leaves, out_tree = jax.tree_util.tree_flatten(out)
+        out_tree_box.append(out_tree)
+        return out_leaves
+
+    try:
+        closed = jax.make_jaxpr(flat_fn)(*leaves)
+    except Exception as err:
+        name = getattr(fn, "__name__", repr(fn))
+        raise TraceError(f"tracing {name} with the example arguments failed: {err}") from err
+    builder = _Builder()
+    specs = []
+    inputs = []
+    for i, v in enumerate(closed.jaxpr.invars):
+        shape, dtype = tuple(int(d) for d in v.aval.shape), np.dtype(v.aval.dtype)
+        specs.append(ArgSpec(shape, dtype))
+        inputs.append(Node("input", (), Params(index=i), shape, dtype))
+    outputs = builder.convert(closed.jaxpr, closed.consts, inputs)
+    program = Program(tuple(inputs), tuple(outputs), builder.consts)
+    return Traced(program, in_tree, out_tree_box[-1], tuple(specs), static_argnums, static_args)

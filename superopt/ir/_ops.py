@@ -1,0 +1,713 @@
+"""The ops of the IR, one registry entry each (loops register families of them)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from jax import lax
+
+from ._errors import ShapeError
+from ._node import Node, Params
+from ._registry import Cost, OpDef, io_bytes, register_op
+
+
+def dtype_src(dtype: Any) -> str:
+    """Source text of a dtype, e.g. `jnp.float32`."""
+    name = np.dtype(dtype).name
+    return "jnp.bool_" if name == "bool" else f"jnp.{name}"
+
+
+def value_src(value: Any) -> str:
+    """Source text of a Python scalar that evaluates back to the same value."""
+    if isinstance(value, (bool, np.bool_)):
+        return repr(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return repr(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return "float('nan')"
+    if math.isinf(value):
+        return "float('inf')" if value > 0 else "-float('inf')"
+    return repr(value)
+
+
+def _tuple(values: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+def _elementwise_cost(flops_per: float = 1.0, transcendental: bool = False):
+    def cost(node: Node) -> Cost:
+        read, written = io_bytes(node)
+        n = float(node.size)
+        return Cost(n * flops_per, n if transcendental else 0.0, read, written)
+
+    return cost
+
+
+def _free(node: Node) -> Cost:
+    return Cost()
+
+
+def _movement_cost(node: Node) -> Cost:
+    read, written = io_bytes(node)
+    return Cost(0.0, 0.0, read, written)
+
+
+# ---------------------------------------------------------------- leaves
+
+
+def _no_lower(*args: Any, **params: Any) -> Any:
+    raise AssertionError("leaves are bound by codegen, not lowered")
+
+
+register_op(OpDef("input", "leaf", _no_lower, lambda a, p: f"x{p['index']}", _free))
+register_op(OpDef("const", "leaf", _no_lower, lambda a, p: f"consts[{p['key']!r}]", _free))
+register_op(
+    OpDef(
+        "literal",
+        "leaf",
+        lambda *, value, dtype: np.asarray(value, dtype=dtype),
+        lambda a, p: f"np.asarray({value_src(p['value'])}, {dtype_src(p['dtype'])})",
+        _free,
+        type_rule=lambda args, p: ((), np.dtype(p["dtype"])),
+    )
+)
+
+
+def _iota_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "dtype": np.dtype(params["dtype"]),
+        "shape": _tuple(params["shape"]),
+        "dimension": int(params["dimension"]),
+    }
+
+
+register_op(
+    OpDef(
+        "iota",
+        "leaf",
+        lambda *, dtype, shape, dimension: lax.broadcasted_iota(dtype, shape, dimension),
+        lambda a, p: (
+            f"lax.broadcasted_iota({dtype_src(p['dtype'])}, {p['shape']}, {p['dimension']})"
+        ),
+        lambda node: Cost(0.0, 0.0, 0.0, float(node.nbytes)),
+        type_rule=lambda args, p: (p["shape"], np.dtype(p["dtype"])),
+        primitives=("iota",),
+        from_eqn=_iota_params,
+    )
+)
+
+# ---------------------------------------------------------------- elementwise
+
+
+def _broadcast_shapes(args: Sequence[Node], name: str) -> tuple[int, ...]:
+    # lax lets a rank-0 operand stand for any shape; otherwise shapes must agree.
+    shapes = {a.shape for a in args if a.shape != ()}
+    if len(shapes) > 1:
+        raise ShapeError(f"{name} needs operands of one shape, got {sorted(shapes)}")
+    return shapes.pop() if shapes else ()
+
+
+def _elementwise_type(result_dtype: str | None = None):
+    def rule(args: Sequence[Node], p: Params):
+        shape = _broadcast_shapes(args, "elementwise op")
+        if result_dtype is not None:
+            return shape, np.dtype(result_dtype)
+        dtypes = {a.dtype for a in args if a.shape != ()} or {a.dtype for a in args}
+        if len(dtypes) > 1:
+            raise ShapeError(f"elementwise operands of different dtypes: {dtypes}")
+        return shape, dtypes.pop()
+
+    return rule
+
+
+_TRANSCENDENTAL = {
+    "exp", "exp2", "log", "log1p", "expm1", "tanh", "logistic", "sqrt", "rsqrt", "cbrt",
+    "sin", "cos", "tan", "erf", "erf_inv", "atan2", "pow",
+}  # fmt: skip
+
+# (IR name, lax function name, result dtype if fixed)
+UNARY_OPS: list[tuple[str, str, str | None]] = [
+    ("neg", "neg", None), ("exp", "exp", None), ("exp2", "exp2", None),
+    ("log", "log", None), ("log1p", "log1p", None), ("expm1", "expm1", None),
+    ("tanh", "tanh", None), ("logistic", "logistic", None), ("sqrt", "sqrt", None),
+    ("rsqrt", "rsqrt", None), ("cbrt", "cbrt", None), ("abs", "abs", None),
+    ("sign", "sign", None), ("floor", "floor", None), ("ceil", "ceil", None),
+    ("sin", "sin", None), ("cos", "cos", None), ("tan", "tan", None),
+    ("erf", "erf", None), ("erf_inv", "erf_inv", None), ("square", "square", None),
+    ("is_finite", "is_finite", "bool"), ("not", "bitwise_not", None),
+    ("stop_gradient", "stop_gradient", None),
+]  # fmt: skip
+
+BINARY_OPS: list[tuple[str, str, str | None]] = [
+    ("add", "add", None), ("sub", "sub", None), ("mul", "mul", None),
+    ("div", "div", None), ("max", "max", None), ("min", "min", None),
+    ("pow", "pow", None), ("rem", "rem", None), ("atan2", "atan2", None),
+    ("and", "bitwise_and", None), ("or", "bitwise_or", None), ("xor", "bitwise_xor", None),
+    ("eq", "eq", "bool"), ("ne", "ne", "bool"), ("lt", "lt", "bool"),
+    ("le", "le", "bool"), ("gt", "gt", "bool"), ("ge", "ge", "bool"),
+]  # fmt: skip
+
+for _name, _fn, _dtype in UNARY_OPS:
+    _lax_fn = getattr(lax, _fn)
+    register_op(
+        OpDef(
+            _name,
+            "unary",
+            (lambda f: lambda x: f(x))(_lax_fn),
+            (lambda f: lambda a, p: f"lax.{f}({a[0]})")(_fn),
+            _elementwise_cost(1.0, _name in _TRANSCENDENTAL) if _name != "stop_gradient" else _free,
+            type_rule=_elementwise_type(_dtype),
+            primitives=(_name,),
+            elementwise=True,
+        )
+    )
+
+for _name, _fn, _dtype in BINARY_OPS:
+    _lax_fn = getattr(lax, _fn)
+    register_op(
+        OpDef(
+            _name,
+            "binary",
+            (lambda f: lambda x, y: f(x, y))(_lax_fn),
+            (lambda f: lambda a, p: f"lax.{f}({a[0]}, {a[1]})")(_fn),
+            _elementwise_cost(1.0, _name in _TRANSCENDENTAL),
+            type_rule=_elementwise_type(_dtype),
+            primitives=(_name,),
+            elementwise=True,
+        )
+    )
+
+register_op(
+    OpDef(
+        "integer_pow",
+        "integer_pow",
+        lambda x, *, y: lax.integer_pow(x, y),
+        lambda a, p: f"lax.integer_pow({a[0]}, {p['y']})",
+        lambda node: _elementwise_cost(max(1.0, abs(node.params["y"]) - 1.0))(node),
+        type_rule=_elementwise_type(),
+        primitives=("integer_pow",),
+        from_eqn=lambda p: {"y": int(p["y"])},
+        elementwise=True,
+    )
+)
+
+
+def _select_type(args: Sequence[Node], p: Params):
+    pred, *cases = args
+    shape = _broadcast_shapes(args, "select_n")
+    dtypes = {c.dtype for c in cases}
+    if len(dtypes) != 1:
+        raise ShapeError(f"select_n cases of different dtypes: {dtypes}")
+    if pred.dtype not in (np.dtype(bool), np.dtype(np.int32)):
+        raise ShapeError(f"select_n predicate must be bool or int32, got {pred.dtype}")
+    return shape, dtypes.pop()
+
+
+register_op(
+    OpDef(
+        "select_n",
+        "select_n",
+        lambda *xs: lax.select_n(*xs),
+        lambda a, p: f"lax.select_n({', '.join(a)})",
+        _elementwise_cost(1.0),
+        type_rule=_select_type,
+        primitives=("select_n",),
+        elementwise=True,
+    )
+)
+register_op(
+    OpDef(
+        "clamp",
+        "ternary",
+        lambda lo, x, hi: lax.clamp(lo, x, hi),
+        lambda a, p: f"lax.clamp({a[0]}, {a[1]}, {a[2]})",
+        _elementwise_cost(2.0),
+        type_rule=lambda args, p: (args[1].shape, args[1].dtype),
+        primitives=("clamp",),
+        elementwise=True,
+    )
+)
+
+
+def _convert_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {"new_dtype": np.dtype(params["new_dtype"])}
+
+
+register_op(
+    OpDef(
+        "convert_element_type",
+        "convert",
+        lambda x, *, new_dtype: lax.convert_element_type(x, new_dtype),
+        lambda a, p: f"lax.convert_element_type({a[0]}, {dtype_src(p['new_dtype'])})",
+        _elementwise_cost(1.0),
+        type_rule=lambda args, p: (args[0].shape, np.dtype(p["new_dtype"])),
+        primitives=("convert_element_type",),
+        from_eqn=_convert_params,
+        elementwise=True,
+    )
+)
+
+# ---------------------------------------------------------------- dot_general
+
+
+def _dot_params(params: dict[str, Any]) -> dict[str, Any]:
+    (lc, rc), (lb, rb) = params["dimension_numbers"]
+    pref = params.get("preferred_element_type")
+    return {
+        "dimension_numbers": ((_tuple(lc), _tuple(rc)), (_tuple(lb), _tuple(rb))),
+        "preferred_element_type": None if pref is None else np.dtype(pref),
+    }
+
+
+def _dot_type(args: Sequence[Node], p: Params):
+    a, b = args
+    (lc, rc), (lb, rb) = p["dimension_numbers"]
+    if len(lc) != len(rc) or len(lb) != len(rb):
+        raise ShapeError(f"dot_general dimension numbers do not pair up: {p['dimension_numbers']}")
+    for i, j in [*zip(lc, rc), *zip(lb, rb)]:
+        if i >= a.ndim or j >= b.ndim or a.shape[i] != b.shape[j]:
+            raise ShapeError(
+                f"dot_general of {a.shape} and {b.shape} with dimension numbers "
+                f"{p['dimension_numbers']}: dimension {i} of the left operand does not "
+                f"match dimension {j} of the right"
+            )
+    batch = [a.shape[i] for i in lb]
+    free_a = [a.shape[i] for i in range(a.ndim) if i not in lc and i not in lb]
+    free_b = [b.shape[j] for j in range(b.ndim) if j not in rc and j not in rb]
+    pref = p["preferred_element_type"]
+    if pref is None and a.dtype != b.dtype:
+        raise ShapeError(f"dot_general of {a.dtype} and {b.dtype} needs one dtype")
+    return tuple(batch + free_a + free_b), np.dtype(pref) if pref is not None else a.dtype
+
+
+def _dot_cost(node: Node) -> Cost:
+    a = node.args[0]
+    (lc, _), _ = node.params["dimension_numbers"]
+    contracted = int(np.prod([a.shape[i] for i in lc], dtype=np.int64))
+    read, written = io_bytes(node)
+    return Cost(2.0 * node.size * contracted, 0.0, read, written)
+
+
+def _dot_render(a: Sequence[str], p: Params) -> str:
+    pref = p["preferred_element_type"]
+    pref_src = "None" if pref is None else dtype_src(pref)
+    return (
+        f"lax.dot_general({a[0]}, {a[1]}, {p['dimension_numbers']}, "
+        f"preferred_element_type={pref_src})"
+    )
+
+
+register_op(
+    OpDef(
+        "dot_general",
+        "dot_general",
+        lambda a, b, *, dimension_numbers, preferred_element_type: lax.dot_general(
+            a, b, dimension_numbers, preferred_element_type=preferred_element_type
+        ),
+        _dot_render,
+        _dot_cost,
+        type_rule=_dot_type,
+        primitives=("dot_general",),
+        from_eqn=_dot_params,
+    )
+)
+
+# ---------------------------------------------------------------- reductions
+
+
+def _axes_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {"axes": _tuple(params["axes"])}
+
+
+def _reduce_type(args: Sequence[Node], p: Params):
+    (x,) = args
+    axes = p["axes"]
+    if any(ax < 0 or ax >= x.ndim for ax in axes) or len(set(axes)) != len(axes):
+        raise ShapeError(f"reduction axes {axes} out of range for shape {x.shape}")
+    return tuple(d for i, d in enumerate(x.shape) if i not in axes), x.dtype
+
+
+def _reduce_cost(node: Node) -> Cost:
+    read, written = io_bytes(node)
+    return Cost(float(node.args[0].size), 0.0, read, written)
+
+
+REDUCTIONS = ["reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or"]
+for _name in REDUCTIONS:
+    _lax_fn = getattr(lax, _name)
+    register_op(
+        OpDef(
+            _name,
+            "reduce",
+            (lambda f: lambda x, *, axes: f(x, axes))(_lax_fn),
+            (lambda n: lambda a, p: f"lax.{n}({a[0]}, {p['axes']})")(_name),
+            _reduce_cost,
+            type_rule=_reduce_type,
+            primitives=(_name,),
+            from_eqn=_axes_params,
+        )
+    )
+
+
+def _argmax_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {"axes": _tuple(params["axes"]), "index_dtype": np.dtype(params["index_dtype"])}
+
+
+def _argmax_type(args: Sequence[Node], p: Params):
+    shape, _ = _reduce_type(args, p)
+    return shape, np.dtype(p["index_dtype"])
+
+
+for _name in ["argmax", "argmin"]:
+    _lax_fn = getattr(lax, _name)
+    register_op(
+        OpDef(
+            _name,
+            "argreduce",
+            (lambda f: lambda x, *, axes, index_dtype: f(x, axes[0], index_dtype))(_lax_fn),
+            (
+                lambda n: (
+                    lambda a, p: f"lax.{n}({a[0]}, {p['axes'][0]}, {dtype_src(p['index_dtype'])})"
+                )
+            )(_name),
+            _reduce_cost,
+            type_rule=_argmax_type,
+            primitives=(_name,),
+            from_eqn=_argmax_params,
+        )
+    )
+
+# ---------------------------------------------------------------- data movement
+
+
+def _broadcast_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "shape": _tuple(params["shape"]),
+        "broadcast_dimensions": _tuple(params["broadcast_dimensions"]),
+    }
+
+
+def _broadcast_type(args: Sequence[Node], p: Params):
+    (x,) = args
+    shape, dims = p["shape"], p["broadcast_dimensions"]
+    if len(dims) != x.ndim or any(
+        d >= len(shape) or x.shape[i] not in (1, shape[d]) for i, d in enumerate(dims)
+    ):
+        raise ShapeError(f"cannot broadcast {x.shape} to {shape} along {dims}")
+    return shape, x.dtype
+
+
+register_op(
+    OpDef(
+        "broadcast_in_dim",
+        "broadcast_in_dim",
+        lambda x, *, shape, broadcast_dimensions: lax.broadcast_in_dim(
+            x, shape, broadcast_dimensions
+        ),
+        lambda a, p: f"lax.broadcast_in_dim({a[0]}, {p['shape']}, {p['broadcast_dimensions']})",
+        lambda node: Cost(0.0, 0.0, float(node.args[0].nbytes), float(node.nbytes)),
+        type_rule=_broadcast_type,
+        primitives=("broadcast_in_dim",),
+        from_eqn=_broadcast_params,
+    )
+)
+
+
+def _reshape_params(params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("dimensions") is not None:
+        raise ShapeError("reshape with a dimensions permutation")
+    return {"new_sizes": _tuple(params["new_sizes"])}
+
+
+def _reshape_type(args: Sequence[Node], p: Params):
+    (x,) = args
+    if int(np.prod(p["new_sizes"], dtype=np.int64)) != x.size:
+        raise ShapeError(f"cannot reshape {x.shape} to {p['new_sizes']}")
+    return p["new_sizes"], x.dtype
+
+
+register_op(
+    OpDef(
+        "reshape",
+        "reshape",
+        lambda x, *, new_sizes: lax.reshape(x, new_sizes),
+        lambda a, p: f"lax.reshape({a[0]}, {p['new_sizes']})",
+        _free,
+        type_rule=_reshape_type,
+        primitives=("reshape",),
+        from_eqn=_reshape_params,
+    )
+)
+
+
+def _transpose_type(args: Sequence[Node], p: Params):
+    (x,) = args
+    perm = p["permutation"]
+    if sorted(perm) != list(range(x.ndim)):
+        raise ShapeError(f"{perm} is not a permutation of the {x.ndim} axes of {x.shape}")
+    return tuple(x.shape[i] for i in perm), x.dtype
+
+
+register_op(
+    OpDef(
+        "transpose",
+        "transpose",
+        lambda x, *, permutation: lax.transpose(x, permutation),
+        lambda a, p: f"lax.transpose({a[0]}, {p['permutation']})",
+        _movement_cost,
+        type_rule=_transpose_type,
+        primitives=("transpose",),
+        from_eqn=lambda p: {"permutation": _tuple(p["permutation"])},
+    )
+)
+
+
+def _squeeze_type(args: Sequence[Node], p: Params):
+    (x,) = args
+    dims = p["dimensions"]
+    if any(d >= x.ndim or x.shape[d] != 1 for d in dims):
+        raise ShapeError(f"cannot squeeze dimensions {dims} of {x.shape}")
+    return tuple(d for i, d in enumerate(x.shape) if i not in dims), x.dtype
+
+
+def _expand_type(args: Sequence[Node], p: Params):
+    (x,) = args
+    shape = list(x.shape)
+    for d in sorted(p["dimensions"]):
+        if d > len(shape):
+            raise ShapeError(f"cannot expand {x.shape} at {p['dimensions']}")
+        shape.insert(d, 1)
+    return tuple(shape), x.dtype
+
+
+register_op(
+    OpDef(
+        "squeeze",
+        "squeeze",
+        lambda x, *, dimensions: lax.squeeze(x, dimensions),
+        lambda a, p: f"lax.squeeze({a[0]}, {p['dimensions']})",
+        _free,
+        type_rule=_squeeze_type,
+        primitives=("squeeze",),
+        from_eqn=lambda p: {"dimensions": _tuple(p["dimensions"])},
+    )
+)
+register_op(
+    OpDef(
+        "expand_dims",
+        "squeeze",
+        lambda x, *, dimensions: lax.expand_dims(x, dimensions),
+        lambda a, p: f"lax.expand_dims({a[0]}, {p['dimensions']})",
+        _free,
+        type_rule=_expand_type,
+    )
+)
+
+
+def _concat_type(args: Sequence[Node], p: Params):
+    dim = p["dimension"]
+    first = args[0]
+    for a in args[1:]:
+        if (
+            a.ndim != first.ndim
+            or a.dtype != first.dtype
+            or any(a.shape[i] != first.shape[i] for i in range(a.ndim) if i != dim)
+        ):
+            raise ShapeError(f"cannot concatenate {[x.shape for x in args]} along {dim}")
+    shape = list(first.shape)
+    shape[dim] = sum(a.shape[dim] for a in args)
+    return tuple(shape), first.dtype
+
+
+register_op(
+    OpDef(
+        "concatenate",
+        "concatenate",
+        lambda *xs, dimension: lax.concatenate(xs, dimension),
+        lambda a, p: f"lax.concatenate([{', '.join(a)}], {p['dimension']})",
+        _movement_cost,
+        type_rule=_concat_type,
+        primitives=("concatenate",),
+        from_eqn=lambda p: {"dimension": int(p["dimension"])},
+    )
+)
+
+
+def _slice_params(params: dict[str, Any]) -> dict[str, Any]:
+    start = _tuple(params["start_indices"])
+    strides = params.get("strides")
+    return {
+        "start_indices": start,
+        "limit_indices": _tuple(params["limit_indices"]),
+        "strides": _tuple(strides) if strides is not None else (1,) * len(start),
+    }
+
+
+def _slice_type(args: Sequence[Node], p: Params):
+    (x,) = args
+    start, limit, strides = p["start_indices"], p["limit_indices"], p["strides"]
+    if not (len(start) == len(limit) == len(strides) == x.ndim) or any(
+        s < 0 or s > lim or lim > d or st < 1
+        for s, lim, st, d in zip(start, limit, strides, x.shape)
+    ):
+        raise ShapeError(f"slice {start}:{limit}:{strides} out of range for {x.shape}")
+    shape = tuple(max(0, -(-(lim - s) // st)) for s, lim, st in zip(start, limit, strides))
+    return shape, x.dtype
+
+
+register_op(
+    OpDef(
+        "slice",
+        "slice",
+        lambda x, *, start_indices, limit_indices, strides: lax.slice(
+            x, start_indices, limit_indices, strides
+        ),
+        lambda a, p: (
+            f"lax.slice({a[0]}, {p['start_indices']}, {p['limit_indices']}, {p['strides']})"
+        ),
+        lambda node: Cost(0.0, 0.0, float(node.nbytes), float(node.nbytes)),
+        type_rule=_slice_type,
+        primitives=("slice",),
+        from_eqn=_slice_params,
+    )
+)
+
+
+def _dynamic_slice_type(args: Sequence[Node], p: Params):
+    x, *idx = args
+    sizes = p["slice_sizes"]
+    if len(idx) != x.ndim or len(sizes) != x.ndim or any(s > d for s, d in zip(sizes, x.shape)):
+        raise ShapeError(f"dynamic_slice of size {sizes} out of range for {x.shape}")
+    return sizes, x.dtype
+
+
+register_op(
+    OpDef(
+        "dynamic_slice",
+        "dynamic_slice",
+        lambda x, *idx, slice_sizes: lax.dynamic_slice(x, idx, slice_sizes),
+        lambda a, p: f"lax.dynamic_slice({a[0]}, [{', '.join(a[1:])}], {p['slice_sizes']})",
+        lambda node: Cost(0.0, 0.0, float(node.nbytes), float(node.nbytes)),
+        type_rule=_dynamic_slice_type,
+        primitives=("dynamic_slice",),
+        from_eqn=lambda p: {"slice_sizes": _tuple(p["slice_sizes"])},
+    )
+)
+
+
+class GatherSpec:
+    """Gather's static parameters, hashable and with a stable key."""
+
+    __slots__ = ("dimension_numbers", "fill_value", "indices_are_sorted", "mode", "slice_sizes",
+                 "unique_indices")  # fmt: skip
+
+    def __init__(self, params: dict[str, Any]):
+        self.dimension_numbers = params["dimension_numbers"]
+        self.slice_sizes = _tuple(params["slice_sizes"])
+        self.mode = params["mode"]
+        self.fill_value = params.get("fill_value")
+        self.indices_are_sorted = bool(params.get("indices_are_sorted", False))
+        self.unique_indices = bool(params.get("unique_indices", False))
+
+    def param_key(self) -> str:
+        return (
+            f"gather({self.dimension_numbers!r},{self.slice_sizes},{self.mode!r},"
+            f"{self.fill_value!r},{self.indices_are_sorted},{self.unique_indices})"
+        )
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "dimension_numbers": self.dimension_numbers,
+            "slice_sizes": self.slice_sizes,
+            "mode": self.mode,
+            "fill_value": self.fill_value,
+            "indices_are_sorted": self.indices_are_sorted,
+            "unique_indices": self.unique_indices,
+        }
+
+    def source(self) -> str:
+        fill = "None" if self.fill_value is None else value_src(self.fill_value)
+        return (
+            f"dimension_numbers=lax.{self.dimension_numbers!r}, "
+            f"slice_sizes={self.slice_sizes}, mode=lax.GatherScatterMode.{self.mode.name}, "
+            f"fill_value={fill}, "
+            f"indices_are_sorted={self.indices_are_sorted}, "
+            f"unique_indices={self.unique_indices}"
+        )
+
+
+register_op(
+    OpDef(
+        "gather",
+        "gather",
+        lambda x, idx, *, spec: lax.gather(x, idx, **spec.kwargs()),
+        lambda a, p: f"lax.gather({a[0]}, {a[1]}, {p['spec'].source()})",
+        lambda node: Cost(0.0, 0.0, float(node.nbytes + node.args[1].nbytes), float(node.nbytes)),
+        primitives=("gather",),
+        from_eqn=lambda p: {"spec": GatherSpec(p)},
+    )
+)
+
+# ---------------------------------------------------------------- opaque
+
+
+class OpaqueEqn:
+    """A JAX equation the IR does not look inside: its primitive and params, verbatim."""
+
+    __slots__ = ("multiple_results", "params", "primitive", "uid")
+    _counter = 0
+
+    def __init__(self, primitive: Any, params: dict[str, Any]):
+        self.primitive = primitive
+        self.params = dict(params)
+        self.multiple_results = bool(primitive.multiple_results)
+        OpaqueEqn._counter += 1
+        self.uid = OpaqueEqn._counter
+
+    def param_key(self) -> str:
+        # Params can hold jaxprs and callables; identity is the only safe equality.
+        return f"opaque#{self.uid}:{self.primitive.name}"
+
+    def __call__(self, *args: Any) -> tuple[Any, ...]:
+        out = self.primitive.bind(*args, **self.params)
+        return tuple(out) if self.multiple_results else (out,)
+
+
+def _opaque_cost(node: Node) -> Cost:
+    out = sum(float(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize
+              for s, d in node.params["out_types"])  # fmt: skip
+    return Cost(0.0, 0.0, float(sum(a.nbytes for a in node.args)), out)
+
+
+register_op(
+    OpDef(
+        "opaque",
+        "opaque",
+        lambda *xs, eqn, out_types: eqn(*xs),
+        lambda a, p: f"opaque[{p['eqn'].uid}]({', '.join(a)})",
+        _opaque_cost,
+        type_rule=lambda args, p: ((), None),
+    )
+)
+
+
+def _tuple_get_type(args: Sequence[Node], p: Params):
+    (x,) = args
+    shape, dtype = x.params["out_types"][p["index"]]
+    return shape, np.dtype(dtype)
+
+
+register_op(
+    OpDef(
+        "tuple_get",
+        "tuple_get",
+        lambda x, *, index: x[index],
+        lambda a, p: f"{a[0]}[{p['index']}]",
+        _free,
+        type_rule=_tuple_get_type,
+    )
+)
