@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -92,6 +92,8 @@ CONFIG_NAMES: tuple[str, ...] = (
     "num_opaque",
 )
 NUM_CONFIG = len(CONFIG_NAMES)
+NO_XLA_COST = np.full(3, np.nan, np.float32)
+NO_XLA_COST.setflags(write=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,12 +106,15 @@ class GraphArrays:
     - `node_feat`: `float32[nodes, NUM_FEATURES]`.
     - `edge_index`: `int32[edges, 2]`, rows `(operand, user)`.
     - `config_feat`: `float32[NUM_CONFIG]`, whole-program features.
+    - `xla_cost`: `float32[3]`, XLA's own `(flops, transcendentals, bytes accessed)` of the
+      compiled program where it answered (after its fusion), else NaNs.
     """
 
     node_opcode: Int[np.ndarray, " nodes"]
     node_feat: Float[np.ndarray, "nodes feat"]
     edge_index: Int[np.ndarray, "edges 2"]
     config_feat: Float[np.ndarray, " config"]
+    xla_cost: Float[np.ndarray, " 3"] = field(default_factory=lambda: NO_XLA_COST)
 
     @property
     def num_nodes(self) -> int:
@@ -261,12 +266,14 @@ def featurize_signatures(
     return opcodes, feats
 
 
-def featurize_program(program: Program) -> GraphArrays:
+def featurize_program(program: Program, xla_cost: np.ndarray | None = None) -> GraphArrays:
     """A program as `GraphArrays` (nodes in topological order, edges operand -> user).
 
     **Arguments:**
 
     - `program`: the IR program.
+    - `xla_cost`: XLA's `(flops, transcendentals, bytes accessed)` if known (see
+      `costmodel.analytical.xla_cost`).
 
     **Returns:** its `GraphArrays`.
     """
@@ -279,7 +286,8 @@ def featurize_program(program: Program) -> GraphArrays:
     feats[:, _COL["num_users"]] = np.log1p(users)
     for o in program.outputs:
         feats[index[id(o)], _COL["is_output"]] = 1.0
-    return GraphArrays(opcodes, feats, edge_index, config_features(program, nodes))
+    xla = NO_XLA_COST if xla_cost is None else np.asarray(xla_cost, np.float32).reshape(3)
+    return GraphArrays(opcodes, feats, edge_index, config_features(program, nodes), xla)
 
 
 def config_features(program: Program, nodes: list[Node] | None = None) -> np.ndarray:

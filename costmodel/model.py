@@ -1,0 +1,259 @@
+"""The cost models: an abstract interface, and the learned graph network.
+
+`GraphModel` follows the paper and TpuGraphs: an opcode embedding plus the node features go
+through a node MLP; a per-node head gives each node an additive runtime share (this is what
+scores e-nodes during extraction); GraphSAGE-style message passing over `edge_index`
+(`jax.ops.segment_sum`, both directions), then sum and max pooling and an MLP head add a
+whole-graph correction. The prediction is `log(sum_i exp(node_log_i)) + correction`, in
+log seconds.
+
+Graphs are batched by concatenation into one padded graph whose node and edge counts are
+rounded up to a power of two, so each bucket compiles once.
+"""
+
+# ruff: noqa: F722 (jaxtyping shape strings)
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from .features import NUM_CONFIG, NUM_FEATURES, NUM_OPCODES, GraphArrays
+
+
+class AbstractCostModel(eqx.Module):
+    """A model of runtime: whole programs, and single e-nodes for extraction."""
+
+    @abc.abstractmethod
+    def score_programs(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
+        """Predicted seconds of each program (`float64[len(graphs)]`)."""
+
+    @abc.abstractmethod
+    def score_nodes(
+        self, node_opcode: Int[np.ndarray, " n"], node_feat: Float[np.ndarray, "n feat"]
+    ) -> np.ndarray:
+        """Predicted seconds of each e-node on its own (an additive cost for extraction)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Graphs packed into one padded graph (numpy or jax arrays).
+
+    Padding nodes belong to graph `num_graphs` (a dummy segment); padding edges connect
+    padding node `nodes - 1` to itself and carry `edge_mask == 0`.
+    """
+
+    node_opcode: Int[Array, " nodes"]
+    node_feat: Float[Array, "nodes feat"]
+    node_graph: Int[Array, " nodes"]
+    node_mask: Float[Array, " nodes"]
+    edge_src: Int[Array, " edges"]
+    edge_dst: Int[Array, " edges"]
+    edge_mask: Float[Array, " edges"]
+    config: Float[Array, "graphs config"]
+    num_graphs: int
+
+
+jax.tree_util.register_dataclass(
+    Batch,
+    data_fields=[
+        "node_opcode",
+        "node_feat",
+        "node_graph",
+        "node_mask",
+        "edge_src",
+        "edge_dst",
+        "edge_mask",
+        "config",
+    ],
+    meta_fields=["num_graphs"],
+)
+
+
+def bucket(n: int, minimum: int = 64) -> int:
+    """`n` rounded up to a power of two (at least `minimum`): the static padded size."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def pack(
+    graphs: Sequence[GraphArrays],
+    num_graphs: int | None = None,
+    *,
+    feat_mean: np.ndarray | None = None,
+    feat_std: np.ndarray | None = None,
+) -> Batch:
+    """Concatenate graphs into one padded `Batch` (normalizing node features if given).
+
+    **Arguments:**
+
+    - `graphs`: the programs' arrays.
+    - `num_graphs`: the static graph count (more than `len(graphs)` pads with empty graphs).
+    - `feat_mean`, `feat_std`: node-feature normalization.
+
+    **Returns:** a `Batch` of numpy arrays with bucketed node and edge counts.
+    """
+    b = len(graphs) if num_graphs is None else num_graphs
+    n_real = sum(g.num_nodes for g in graphs)
+    e_real = sum(g.num_edges for g in graphs)
+    n, e = bucket(n_real + 1), bucket(e_real + 1)
+    opcode = np.zeros(n, np.int32)
+    feat = np.zeros((n, NUM_FEATURES), np.float32)
+    graph = np.full(n, b, np.int32)
+    src = np.full(e, n - 1, np.int32)
+    dst = np.full(e, n - 1, np.int32)
+    config = np.zeros((b, NUM_CONFIG), np.float32)
+    no = eo = 0
+    for i, g in enumerate(graphs):
+        k, m = g.num_nodes, g.num_edges
+        opcode[no : no + k] = g.node_opcode
+        feat[no : no + k] = g.node_feat
+        graph[no : no + k] = i
+        src[eo : eo + m] = g.edge_index[:, 0] + no
+        dst[eo : eo + m] = g.edge_index[:, 1] + no
+        config[i] = g.config_feat
+        no += k
+        eo += m
+    if feat_mean is not None and feat_std is not None:
+        feat[:no] = (feat[:no] - feat_mean) / feat_std
+    node_mask = (np.arange(n) < no).astype(np.float32)
+    edge_mask = (np.arange(e) < eo).astype(np.float32)
+    return Batch(opcode, feat, graph, node_mask, src, dst, edge_mask, config, b)
+
+
+class _SAGELayer(eqx.Module):
+    linear: eqx.nn.Linear
+    norm: eqx.nn.LayerNorm
+
+    def __init__(self, width: int, *, key: PRNGKeyArray):
+        self.linear = eqx.nn.Linear(3 * width, width, key=key)
+        self.norm = eqx.nn.LayerNorm(width)
+
+    def __call__(self, h: Float[Array, "n w"], batch: Batch) -> Float[Array, "n w"]:
+        n = h.shape[0]
+        w = batch.edge_mask[:, None]
+        # Mean over operands and over users: a node's cost depends on both.
+        deg_in = jax.ops.segment_sum(batch.edge_mask, batch.edge_dst, n)
+        deg_out = jax.ops.segment_sum(batch.edge_mask, batch.edge_src, n)
+        msg_in = jax.ops.segment_sum(h[batch.edge_src] * w, batch.edge_dst, n)
+        msg_out = jax.ops.segment_sum(h[batch.edge_dst] * w, batch.edge_src, n)
+        msg_in = msg_in / jnp.maximum(deg_in, 1.0)[:, None]
+        msg_out = msg_out / jnp.maximum(deg_out, 1.0)[:, None]
+        update = jax.vmap(self.linear)(jnp.concatenate([h, msg_in, msg_out], axis=-1))
+        return h + jax.nn.gelu(jax.vmap(self.norm)(update))
+
+
+class GraphModel(eqx.Module):
+    """The graph network: node MLP, message passing, pooling, head (log seconds).
+
+    **Arguments:**
+
+    - `width`: hidden width.
+    - `embed_dim`: opcode embedding size.
+    - `num_layers`: message-passing layers.
+    - `key`: a PRNG key.
+    """
+
+    embed: eqx.nn.Embedding
+    node_mlp: eqx.nn.MLP
+    node_head: eqx.nn.Linear
+    layers: tuple[_SAGELayer, ...]
+    head: eqx.nn.MLP
+
+    def __init__(
+        self, width: int = 64, embed_dim: int = 16, num_layers: int = 3, *, key: PRNGKeyArray
+    ):
+        k_embed, k_mlp, k_node, k_head, *k_layers = jax.random.split(key, 4 + num_layers)
+        self.embed = eqx.nn.Embedding(NUM_OPCODES, embed_dim, key=k_embed)
+        self.node_mlp = eqx.nn.MLP(
+            NUM_FEATURES + embed_dim, width, width, 2, activation=jax.nn.gelu, key=k_mlp
+        )
+        self.node_head = eqx.nn.Linear(width, "scalar", key=k_node)
+        self.layers = tuple(_SAGELayer(width, key=k) for k in k_layers)
+        self.head = eqx.nn.MLP(
+            2 * width + NUM_CONFIG, "scalar", width, 2, activation=jax.nn.gelu, key=k_head
+        )
+
+    def encode(
+        self, node_opcode: Int[Array, " n"], node_feat: Float[Array, "n feat"]
+    ) -> tuple[Float[Array, "n w"], Float[Array, " n"]]:
+        """Node embeddings and each node's own log-seconds share."""
+        x = jnp.concatenate([jax.vmap(self.embed)(node_opcode), node_feat], axis=-1)
+        h = jax.vmap(self.node_mlp)(x)
+        return h, jax.vmap(self.node_head)(h)
+
+    def __call__(self, batch: Batch) -> tuple[Float[Array, " graphs"], Float[Array, " nodes"]]:
+        """`(log seconds of each graph, log seconds of each node's share)`."""
+        b = batch.num_graphs
+        h, node_log = self.encode(batch.node_opcode, batch.node_feat)
+        seg = batch.node_graph
+        masked = jnp.where(batch.node_mask > 0, node_log, -1e30)
+        peak = jax.ops.segment_max(masked, seg, b + 1)
+        peak = jnp.where(jnp.isfinite(peak) & (peak > -1e29), peak, 0.0)
+        total = jax.ops.segment_sum(jnp.exp(masked - peak[seg]) * batch.node_mask, seg, b + 1)
+        additive = (peak + jnp.log(jnp.maximum(total, 1e-30)))[:b]
+        for layer in self.layers:
+            h = layer(h, batch)
+        mask = batch.node_mask[:, None]
+        pooled_sum = jax.ops.segment_sum(h * mask, seg, b + 1)[:b]
+        pooled_max = jax.ops.segment_max(jnp.where(mask > 0, h, -1e30), seg, b + 1)[:b]
+        pooled_max = jnp.where(pooled_max > -1e29, pooled_max, 0.0)
+        count = jnp.maximum(jax.ops.segment_sum(batch.node_mask, seg, b + 1)[:b], 1.0)
+        pooled = jnp.concatenate([pooled_sum / count[:, None], pooled_max, batch.config], -1)
+        return additive + jax.vmap(self.head)(pooled), node_log
+
+
+@eqx.filter_jit
+def _forward(network: GraphModel, batch: Batch) -> tuple[Array, Array]:
+    return network(batch)
+
+
+@eqx.filter_jit
+def _encode(network: GraphModel, opcode: Array, feat: Array) -> Array:
+    return network.encode(opcode, feat)[1]
+
+
+class LearnedCostModel(AbstractCostModel):
+    """The trained graph network with the normalization it was trained under.
+
+    **Arguments:**
+
+    - `network`: the `GraphModel`.
+    - `feat_mean`, `feat_std`: node-feature normalization (`float32[NUM_FEATURES]`).
+    - `log_offset`: added to the network's output to give log seconds.
+    """
+
+    network: GraphModel
+    feat_mean: np.ndarray = eqx.field(static=False)
+    feat_std: np.ndarray = eqx.field(static=False)
+    log_offset: float = eqx.field(static=True, default=0.0)
+    batch_graphs: int = eqx.field(static=True, default=32)
+
+    def score_programs(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
+        out = np.zeros(len(graphs))
+        mean, std = np.asarray(self.feat_mean), np.asarray(self.feat_std)
+        for i in range(0, len(graphs), self.batch_graphs):
+            chunk = graphs[i : i + self.batch_graphs]
+            batch = pack(chunk, self.batch_graphs, feat_mean=mean, feat_std=std)
+            log_s, _ = _forward(self.network, batch)
+            out[i : i + len(chunk)] = np.asarray(log_s[: len(chunk)])
+        return np.exp(out + self.log_offset)
+
+    def score_nodes(
+        self, node_opcode: Int[np.ndarray, " n"], node_feat: Float[np.ndarray, "n feat"]
+    ) -> np.ndarray:
+        n = len(node_opcode)
+        if n == 0:
+            return np.zeros(0)
+        size = bucket(n)
+        opcode = np.zeros(size, np.int32)
+        feat = np.zeros((size, NUM_FEATURES), np.float32)
+        opcode[:n] = node_opcode
+        feat[:n] = (np.asarray(node_feat) - np.asarray(self.feat_mean)) / np.asarray(self.feat_std)
+        log_s = np.asarray(_encode(self.network, opcode, feat))[:n]
+        return np.exp(log_s.astype(np.float64) + self.log_offset)
