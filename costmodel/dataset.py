@@ -1,0 +1,224 @@
+"""Datasets of measured variants as compact arrays (what `superopt collect` exports).
+
+One record per measured variant: its family, program id, variant id, the group of tile
+variants it belongs to (if any), its graph arrays (concatenated over records with offsets,
+as TpuGraphs stores them), config features, XLA's cost where it answered, the measured
+median seconds and relative spread. Metadata (backend, device kind, versions) is a JSON
+string inside the `.npz`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .features import NUM_CONFIG, NUM_FEATURES, GraphArrays
+
+_FIELDS = (
+    "node_opcode",
+    "node_feat",
+    "edge_index",
+    "node_offsets",
+    "edge_offsets",
+    "config_feat",
+    "xla_cost",
+    "runtime_s",
+    "spread",
+    "family",
+    "program_id",
+    "variant_id",
+    "tile_group",
+)
+
+
+class DatasetError(ValueError):
+    """A dataset file that is missing, unreadable, or not a superopt dataset."""
+
+
+@dataclass(frozen=True, eq=False)
+class Record:
+    """One measured variant (what the collection pipeline produces per row)."""
+
+    family: str
+    program_id: str
+    variant_id: str
+    graph: GraphArrays
+    runtime_s: float
+    spread: float = 0.0
+    tile_group: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Measured variants as arrays; `graph(i)` gives record `i`'s `GraphArrays`."""
+
+    node_opcode: np.ndarray
+    node_feat: np.ndarray
+    edge_index: np.ndarray
+    node_offsets: np.ndarray
+    edge_offsets: np.ndarray
+    config_feat: np.ndarray
+    xla_cost: np.ndarray
+    runtime_s: np.ndarray
+    spread: np.ndarray
+    family: np.ndarray
+    program_id: np.ndarray
+    variant_id: np.ndarray
+    tile_group: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.runtime_s.shape[0])
+
+    def graph(self, i: int) -> GraphArrays:
+        n0, n1 = self.node_offsets[i], self.node_offsets[i + 1]
+        e0, e1 = self.edge_offsets[i], self.edge_offsets[i + 1]
+        return GraphArrays(
+            self.node_opcode[n0:n1],
+            self.node_feat[n0:n1],
+            self.edge_index[e0:e1],
+            self.config_feat[i],
+            self.xla_cost[i],
+        )
+
+    def graphs(self, indices: Sequence[int] | np.ndarray | None = None) -> list[GraphArrays]:
+        idx = range(len(self)) if indices is None else indices
+        return [self.graph(int(i)) for i in idx]
+
+    @staticmethod
+    def from_records(records: Sequence[Record], meta: dict[str, Any] | None = None) -> Dataset:
+        """Pack records into arrays."""
+        n_off = np.zeros(len(records) + 1, np.int64)
+        e_off = np.zeros(len(records) + 1, np.int64)
+        for i, r in enumerate(records):
+            n_off[i + 1] = n_off[i] + r.graph.num_nodes
+            e_off[i + 1] = e_off[i] + r.graph.num_edges
+
+        def cat(arrays: list[np.ndarray], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+            return np.concatenate(arrays) if arrays else np.zeros(shape, dtype)
+
+        return Dataset(
+            cat([r.graph.node_opcode for r in records], (0,), np.int32).astype(np.int32),
+            cat([r.graph.node_feat for r in records], (0, NUM_FEATURES), np.float32),
+            cat([r.graph.edge_index for r in records], (0, 2), np.int32).astype(np.int32),
+            n_off,
+            e_off,
+            np.asarray([r.graph.config_feat for r in records], np.float32).reshape(-1, NUM_CONFIG),
+            np.asarray([r.graph.xla_cost for r in records], np.float32).reshape(-1, 3),
+            np.asarray([r.runtime_s for r in records], np.float64),
+            np.asarray([r.spread for r in records], np.float32),
+            np.asarray([r.family for r in records], dtype=str),
+            np.asarray([r.program_id for r in records], dtype=str),
+            np.asarray([r.variant_id for r in records], dtype=str),
+            np.asarray([r.tile_group for r in records], dtype=str),
+            dict(meta or {}),
+        )
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Dataset:
+        """The records at `indices`, as a new dataset."""
+        idx = [int(i) for i in indices]
+        records = [
+            Record(
+                str(self.family[i]),
+                str(self.program_id[i]),
+                str(self.variant_id[i]),
+                self.graph(i),
+                float(self.runtime_s[i]),
+                float(self.spread[i]),
+                str(self.tile_group[i]),
+            )
+            for i in idx
+        ]
+        return Dataset.from_records(records, self.meta)
+
+    def families(self) -> list[str]:
+        return sorted(set(self.family.tolist()))
+
+    def content_hash(self) -> str:
+        """A hash of the arrays (recorded with trained weights)."""
+        h = hashlib.sha256()
+        for name in _FIELDS:
+            h.update(np.ascontiguousarray(getattr(self, name)).tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, path: str | Path) -> Path:
+        """Write a compressed `.npz`."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {name: getattr(self, name) for name in _FIELDS}
+        with open(path, "wb") as f:
+            np.savez_compressed(f, meta=np.asarray(json.dumps(self.meta)), **arrays)
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> Dataset:
+        """Read a dataset written by `save`; raises `DatasetError` with what to do."""
+        path = Path(path)
+        if not path.exists():
+            raise DatasetError(
+                f"no dataset at {path}; collect one with `superopt collect --out {path}` "
+                "(or `superopt._corpus.collect(...)`)"
+            )
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {name: z[name] for name in _FIELDS}
+                meta = json.loads(str(z["meta"]))
+        except (OSError, KeyError, ValueError, zlib.error) as err:
+            raise DatasetError(
+                f"{path} is not a readable superopt dataset ({err}); collect it again"
+            ) from err
+        return Dataset(**arrays, meta=meta)
+
+    def summary(self) -> dict[str, Any]:
+        """The dataset card's numbers: programs, families, variants, tile groups, noise."""
+        tile_groups = {g for g in self.tile_group.tolist() if g}
+        return {
+            "variants": len(self),
+            "programs": len(set(self.program_id.tolist())),
+            "families": len(self.families()),
+            "tile_groups": len(tile_groups),
+            "median_relative_spread": float(np.median(self.spread)) if len(self) else 0.0,
+            "machine": self.meta.get("device_kind", "unknown"),
+            "backend": self.meta.get("backend", "unknown"),
+        }
+
+
+def split_by_family(
+    dataset: Dataset, test_families: Sequence[str] = (), val_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train / validation / test record indices, split by family, never by row.
+
+    **Arguments:**
+
+    - `dataset`: the dataset.
+    - `test_families`: families held out for the final evaluation.
+    - `val_fraction`: fraction of the remaining families held out for early stopping.
+      With fewer than four remaining families, a fraction of their *programs* is held out
+      instead (still never a row: no variant of a validation program is trained on).
+    - `seed`: the shuffle seed.
+
+    **Returns:** `(train, val, test)` index arrays.
+    """
+    fam = dataset.family
+    test_mask = np.isin(fam, np.asarray(list(test_families), dtype=str))
+    rng = np.random.default_rng(seed)
+    families = sorted(set(fam[~test_mask].tolist()))
+    if len(families) >= 4:
+        rng.shuffle(families)
+        n_val = max(1, round(val_fraction * len(families)))
+        val_mask = ~test_mask & np.isin(fam, np.asarray(families[:n_val], dtype=str))
+    else:
+        programs = sorted(set(dataset.program_id[~test_mask].tolist()))
+        rng.shuffle(programs)
+        n_val = max(1, round(val_fraction * len(programs))) if len(programs) > 1 else 0
+        val_programs = np.asarray(programs[:n_val], dtype=str)
+        val_mask = ~test_mask & np.isin(dataset.program_id, val_programs)
+    train_mask = ~test_mask & ~val_mask
+    return np.flatnonzero(train_mask), np.flatnonzero(val_mask), np.flatnonzero(test_mask)
