@@ -14,3 +14,6 @@ from ._errors import UnsupportedPrimitiveError as UnsupportedPrimitiveError
 from ._errors import VerificationError as VerificationError
 from ._trace import Traced as Traced
 from ._trace import trace as trace
+from ._verify import Check as Check
+from ._verify import Verdict as Verdict
+from ._verify import verify as verify
