@@ -17,6 +17,7 @@ import numpy as np
 from jax import lax
 
 from .ir import Node, Program, get_op
+from .ir import _fused as fused
 
 _counter = itertools.count()
 
@@ -50,7 +51,14 @@ def namespace(program: Program) -> dict[str, Any]:
         for node in program.nodes()
         if node.op == "opaque"
     }
-    return {"lax": lax, "jnp": jnp, "np": np, "consts": dict(program.consts), "opaque": opaque}
+    return {
+        "lax": lax,
+        "jnp": jnp,
+        "np": np,
+        "fused": fused,  # fused ops render as `fused.<name>(...)`
+        "consts": dict(program.consts),
+        "opaque": opaque,
+    }
 
 
 def to_callable(program: Program, name: str = "optimized") -> Callable[..., tuple[Any, ...]]:

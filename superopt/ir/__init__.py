@@ -1,5 +1,6 @@
 """The tensor language of superopt: typed nodes, the op registry and the e-graph sorts."""
 
+from . import _fused as _fused  # registers the fused ops
 from . import _ops as _ops  # registers the ops
 from ._errors import IRError as IRError
 from ._errors import ShapeError as ShapeError
