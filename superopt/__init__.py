@@ -12,6 +12,9 @@ from ._errors import SuperoptError as SuperoptError
 from ._errors import TraceError as TraceError
 from ._errors import UnsupportedPrimitiveError as UnsupportedPrimitiveError
 from ._errors import VerificationError as VerificationError
+from ._measure import Timing as Timing
+from ._measure import speedup as speedup
+from ._measure import time_callables as time_callables
 from ._trace import Traced as Traced
 from ._trace import trace as trace
 from ._verify import Check as Check

@@ -1,0 +1,136 @@
+"""Measurement: wall-clock timings of compiled JAX callables, compared fairly.
+
+Each callable is compiled and run once before timing (compilation is excluded), warmed up,
+then timed in interleaved rounds: every round runs each callable once, in an order rotated
+from round to round, so that drift in the machine (frequency scaling, other load) falls on
+all of them alike. Results are blocked on, and summarised by medians and quartiles. Timings
+are only ever meant to be compared within one call, on one machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of the timed runs of one callable.
+
+    **Arguments:**
+
+    - `median_s`: median seconds per call.
+    - `p25_s`, `p75_s`: the first and third quartiles, in seconds.
+    - `min_s`: the fastest call, in seconds.
+    - `n`: how many timed calls the summary is over.
+    - `spread`: `(p75_s - p25_s) / median_s`, a scale-free measure of noise.
+    """
+
+    median_s: float
+    p25_s: float
+    p75_s: float
+    min_s: float
+    n: int
+    spread: float
+
+    @classmethod
+    def from_samples(cls, samples: list[float] | np.ndarray) -> Timing:
+        """Summarise per-call times in seconds (at least one)."""
+        arr = np.asarray(samples, dtype=np.float64)
+        if arr.size == 0:
+            raise ValueError("a Timing needs at least one sample")
+        p25, median, p75 = (float(v) for v in np.percentile(arr, [25, 50, 75]))
+        spread = (p75 - p25) / median if median > 0 else 0.0
+        return cls(median, p25, p75, float(arr.min()), int(arr.size), spread)
+
+
+def speedup(baseline: Timing, other: Timing) -> float:
+    """How many times faster `other` is than `baseline`, by medians (> 1 means faster).
+
+    **Arguments:**
+
+    - `baseline`: the timing of the reference (usually `jax.jit` of the original).
+    - `other`: the timing of the variant.
+
+    **Returns:**
+
+    `baseline.median_s / other.median_s`.
+    """
+    if other.median_s <= 0:
+        return float("inf")
+    return baseline.median_s / other.median_s
+
+
+def time_callables(
+    fns: Mapping[str, Callable[..., Any]],
+    args: tuple[Any, ...],
+    *,
+    warmup: int = 2,
+    min_rounds: int = 5,
+    max_rounds: int = 50,
+    budget_s: float = 2.0,
+) -> dict[str, Timing]:
+    """Time several callables on the same arguments, interleaved.
+
+    Each callable is wrapped in `jax.jit` and called once (compilation is not timed), then
+    called `warmup` more times, then timed in rounds. A round calls every callable once,
+    rotating the order each round, and blocks on each result. Rounds stop after
+    `max_rounds`, or once the timed rounds have used `budget_s` seconds, but never before
+    `min_rounds`.
+
+    ```python
+    timings = superopt.time_callables({"ref": f, "opt": g}, (x, w), budget_s=1.0)
+    print(superopt.speedup(timings["ref"], timings["opt"]))
+    ```
+
+    **Arguments:**
+
+    - `fns`: callables by name; each takes `*args`.
+    - `args`: the arguments, shared by all callables.
+    - `warmup`: untimed calls after compilation.
+    - `min_rounds`: rounds always run, whatever the budget.
+    - `max_rounds`: the most rounds run.
+    - `budget_s`: seconds of timed rounds after which no new round starts (compilation
+        and warm-up are not counted).
+
+    **Returns:**
+
+    A [`superopt.Timing`][] for each name, in the order of `fns`.
+    """
+    if min_rounds < 1 or max_rounds < min_rounds:
+        raise ValueError(
+            f"need 1 <= min_rounds <= max_rounds, got min_rounds={min_rounds}, "
+            f"max_rounds={max_rounds}"
+        )
+    if not fns:
+        return {}
+    names = list(fns)
+    # Arguments are placed on the device once so that no call pays a host transfer.
+    args = jax.device_put(args)
+    compiled = {name: jax.jit(fn) for name, fn in fns.items()}
+    for name in names:
+        jax.block_until_ready(compiled[name](*args))
+    for _ in range(warmup):
+        for name in names:
+            jax.block_until_ready(compiled[name](*args))
+
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    clock = time.perf_counter
+    spent = 0.0
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or spent < budget_s):
+        offset = rounds % len(names)
+        for name in names[offset:] + names[:offset]:
+            fn = compiled[name]
+            start = clock()
+            jax.block_until_ready(fn(*args))
+            elapsed = clock() - start
+            samples[name].append(elapsed)
+            spent += elapsed
+        rounds += 1
+    return {name: Timing.from_samples(samples[name]) for name in names}
