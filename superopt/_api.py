@@ -1,0 +1,603 @@
+"""The public entry points: `superopt.optimize` and `@superopt.jit`.
+
+`optimize` runs the whole pipeline — trace, search, codegen, verify, optionally measure —
+and returns an `Optimized` callable with a `Report`. The rule it never breaks: a function
+that ran before still runs afterwards and computes the same thing. Anything superopt
+cannot handle (a search error, a codegen error, a candidate that fails verification, a
+program the IR cannot carry) makes it fall back to the round-tripped program or to the
+original function, with the reason in the report. Only bad *input* is an error: something
+that is not callable, or example arguments the function cannot be traced with.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import _cache, _measure, _verify
+from ._codegen import render, to_callable
+from ._errors import CacheError, SignatureError, TraceError
+from ._report import Report, verdict_dict
+from ._search import Candidate, SearchResult, search
+from ._trace import ArgSpec, Traced, trace
+from .ir import Program
+
+_NOT_CALLABLE_MSG = (
+    "superopt.optimize needs a function to optimize, got {kind} {value!r}. Pass the function "
+    "itself, then its example arguments: `superopt.optimize(f, x, w)`."
+)
+
+_UNHASHABLE_STATIC_MSG = (
+    "static argument {index} ({value!r}) is not hashable, so @superopt.jit cannot key its "
+    "cache on it. Pass a hashable value (a tuple instead of a list, say), or call "
+    "`superopt.optimize(fn, *args, static_argnums=...)` directly."
+)
+
+
+class Optimized:
+    """A drop-in replacement for an optimized function, with its report.
+
+    Calling it takes the same arguments as the original (pytrees in and out, static
+    arguments in the same positions) with the shapes and dtypes it was optimized for;
+    other shapes raise `SignatureError`. The call is jitted and works under `jax.grad`,
+    `jax.vmap` and `jax.jit`.
+
+    **Attributes:**
+
+    - `report`: the `Report` (print it, or `report.to_json()`).
+    - `source`: the winning program as readable JAX source (what actually runs).
+    - `program`: the winning IR `Program`, or `None` if the original function is used.
+    - `reference`: the original function.
+    """
+
+    def __init__(
+        self,
+        reference: Callable[..., Any],
+        traced: Traced,
+        program: Program | None,
+        call: Callable[..., Any],
+        report: Report,
+        source: str,
+    ):
+        self._reference = reference
+        self._traced = traced
+        self._program = program
+        self._call = call
+        self._report = report
+        self._source = source
+        try:
+            functools.update_wrapper(self, reference)
+        except (AttributeError, TypeError):
+            pass
+
+    @property
+    def report(self) -> Report:
+        return self._report
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def program(self) -> Program | None:
+        return self._program
+
+    @property
+    def reference(self) -> Callable[..., Any]:
+        return self._reference
+
+    def __call__(self, *args: Any) -> Any:
+        if self._program is None:
+            # The original function: check the signature here, as the program path does.
+            self._traced.flatten_args(args)
+        return self._call(*args)
+
+    def __repr__(self) -> str:
+        return f"<superopt.Optimized {self._report.summary}>"
+
+
+def optimize(
+    fn: Callable[..., Any],
+    *example_args: Any,
+    cost_model: Any = "learned",
+    budget: float = 0,
+    rules: Sequence[Any] | None = None,
+    node_limit: int = 50_000,
+    time_limit: float = 5.0,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    static_argnums: int | Sequence[int] = (),
+    verify: bool = True,
+) -> Optimized:
+    """Optimize `fn` for arguments shaped like `example_args`.
+
+    **Arguments:**
+
+    - `fn`: the function, plain or already wrapped in `jax.jit`.
+    - `*example_args`: example arguments (arrays, numbers, pytrees of them). The result
+      accepts arguments of exactly these shapes and dtypes; verification also runs on
+      these values.
+    - `cost_model`: `"learned"`, `"analytical"` or a cost model object; ranks candidates.
+    - `budget`: seconds of measurement allowed. `0` trusts the cost model; more times the
+      winner against `jax.jit(fn)` and keeps it only if it is not slower.
+    - `rules`: the rule sets to search with (`None` for the default ones).
+    - `node_limit`: the e-graph size at which the search stops growing it.
+    - `time_limit`: seconds the search may run.
+    - `cache`: read and write the tuning cache.
+    - `cache_dir`: the cache folder (default `SUPEROPT_CACHE_DIR` or the user's cache).
+    - `static_argnums`: positions of arguments that are Python values, not arrays.
+    - `verify`: check the winner against `fn` before returning it (keep this on).
+
+    **Returns:** an `Optimized` callable; `.report` says what happened.
+
+    **Raises:** `TraceError` if `fn` is not callable or cannot be traced with the example
+    arguments; `CacheError` if the tuning cache is unreadable.
+    """
+    if not callable(fn):
+        raise TraceError(_NOT_CALLABLE_MSG.format(kind=type(fn).__name__, value=fn))
+    if isinstance(static_argnums, int):
+        static_argnums = (static_argnums,)
+    static_argnums = tuple(sorted(static_argnums))
+    name = _function_name(fn)
+    reference_call = _jit_reference(fn, static_argnums, example_args)
+    phases: dict[str, float] = {}
+    env = _environment(cost_model)
+
+    start = time.perf_counter()
+    try:
+        traced = trace(fn, *example_args, static_argnums=static_argnums)
+    except TraceError as err:
+        if not _jax_can_trace(fn, example_args, static_argnums):
+            raise
+        # JAX runs it but the IR cannot carry it: hand back the original, untouched.
+        signature = _signature_of(example_args, static_argnums)
+        report = Report(
+            function=name,
+            status="fallback",
+            reason=f"superopt cannot represent this program ({err}); the original "
+            "function is returned unchanged",
+            phase_s={"trace": time.perf_counter() - start},
+            **env,
+        )
+        return Optimized(fn, signature, None, reference_call, report, _original_source(name))
+    phases["trace"] = time.perf_counter() - start
+    ref_key = traced.program.canonical_key()
+    ops_before = traced.program.count_ops()
+
+    store = _open_cache(cache_dir) if cache else None
+    options = {
+        "cost_model": env["cost_model"],
+        "rules": None if rules is None else [_rule_name(r) for r in rules],
+        "node_limit": node_limit,
+        "time_limit": time_limit,
+        "budget": budget,
+        "verify": verify,
+    }
+    record = None
+    cached: dict[str, Any] | None = None
+    if store is not None:
+        digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+        record = store.record_key(f"{ref_key}:{digest}")
+        cached = store.get_result(record)
+
+    start = time.perf_counter()
+    failures: list[str] = []
+    try:
+        result = search(
+            traced.program,
+            cost_model=cost_model,
+            rules=rules,
+            node_limit=node_limit,
+            time_limit=time_limit,
+        )
+    except Exception as err:
+        failures.append(f"the search failed ({type(err).__name__}: {err})")
+        result = SearchResult((Candidate(traced.program),), note="")
+    phases["search"] = time.perf_counter() - start
+    candidates = list(result.candidates)
+    if not any(c.program.canonical_key() == ref_key for c in candidates):
+        # The round-tripped reference is the safe last resort whatever the search says.
+        candidates.append(Candidate(traced.program))
+    cached_key = cached.get("program_key") if cached else None
+    hit = [c for c in candidates if c.program.canonical_key() == cached_key]
+    # A cached choice goes first and is not timed again; it is still verified.
+    candidates = hit + [c for c in candidates if c not in hit]
+
+    winner, timings, verdict = _choose(
+        fn,
+        example_args,
+        traced,
+        candidates,
+        ref_key,
+        name,
+        static_argnums,
+        verify=verify,
+        budget=budget,
+        trust_first=bool(hit),
+        failures=failures,
+        phases=phases,
+    )
+
+    common = dict(
+        function=name,
+        ops_before=ops_before,
+        search_stats=dict(result.stats),
+        candidates_tried=len(candidates),
+        phase_s=phases,
+        **env,
+    )
+    if winner is None:
+        failures.append("no candidate passed, so the original function is returned")
+        report = Report(status="fallback", reason=_sentences(failures), ops_after=ops_before,
+                        **common)  # fmt: skip
+        return Optimized(fn, traced, None, reference_call, report, _original_source(name))
+
+    cand, flat_call, source = winner
+    rewritten = cand.program.canonical_key() != ref_key
+    if rewritten:
+        status, reason = "optimized", _sentences([*failures, result.note])
+    elif failures:
+        status, reason = "fallback", _sentences([*failures, "the traced program is returned"])
+    else:
+        status = "unchanged"
+        reason = _sentences(
+            [result.note or "no candidate better than the traced program was found"]
+        )
+    report = Report(
+        status=status,
+        reason=reason,
+        verified=verify,
+        verdict=verdict_dict(verdict),
+        predicted_s=cand.predicted_s,
+        ops_after=cand.program.count_ops(),
+        candidate=cand.label,
+        rewrites=tuple(cand.rewrites),
+        **common,
+        **timings,
+    )
+    if cached_key is not None and cand.program.canonical_key() == cached_key:
+        old = cached.get("report", {}) if cached else {}
+        report = report.replace(
+            cached=True,
+            speedup=old.get("speedup"),
+            measured_s=old.get("measured_s"),
+            reference_s=old.get("reference_s"),
+        )
+    if store is not None and record is not None and not report.cached:
+        store.put_result(
+            record,
+            {
+                "label": cand.label,
+                "program_key": cand.program.canonical_key(),
+                "status": status,
+                "report": report.to_dict(),
+            },
+        )
+    return Optimized(fn, traced, cand.program, flat_call, report, source)
+
+
+def _choose(
+    fn: Callable[..., Any],
+    example_args: tuple[Any, ...],
+    traced: Traced,
+    candidates: list[Candidate],
+    ref_key: str,
+    name: str,
+    static_argnums: tuple[int, ...],
+    *,
+    verify: bool,
+    budget: float,
+    trust_first: bool,
+    failures: list[str],
+    phases: dict[str, float],
+) -> tuple[tuple[Candidate, Callable[..., Any], str] | None, dict[str, Any], Any]:
+    """The first candidate that compiles, verifies and (with a budget) is not slower."""
+    phases.setdefault("codegen", 0.0)
+    phases.setdefault("verify", 0.0)
+    remaining = float(budget)
+    timed = 0
+    for index, cand in enumerate(candidates):
+        start = time.perf_counter()
+        try:
+            source = render(cand.program, _identifier(name))
+            flat = to_callable(cand.program, _identifier(name))
+            call = _pytree_call(flat, traced, name, cand.label)
+        except Exception as err:
+            failures.append(f"codegen of candidate {cand.label!r} failed "
+                            f"({type(err).__name__}: {err})")  # fmt: skip
+            continue
+        finally:
+            phases["codegen"] += time.perf_counter() - start
+        verdict = None
+        if verify:
+            start = time.perf_counter()
+            try:
+                verdict = _verify.verify(fn, call, *example_args, static_argnums=static_argnums)
+            except Exception as err:
+                failures.append(f"verifying candidate {cand.label!r} raised "
+                                f"{type(err).__name__}: {err}")  # fmt: skip
+                continue
+            finally:
+                phases["verify"] += time.perf_counter() - start
+            if not verdict.ok:
+                failures.append(f"candidate {cand.label!r} failed verification: "
+                                f"{verdict.message}")  # fmt: skip
+                continue
+        timings: dict[str, Any] = {}
+        is_rewrite = cand.program.canonical_key() != ref_key
+        if budget > 0 and is_rewrite and not (trust_first and index == 0) and remaining > 0:
+            start = time.perf_counter()
+            # Split what is left between this comparison and, at most, two more.
+            share = remaining / max(1, min(3 - timed, len(candidates) - index))
+            timings, keep = _compare(fn, call, example_args, static_argnums, share, cand.label)
+            spent = time.perf_counter() - start
+            phases["measure"] = phases.get("measure", 0.0) + spent
+            remaining -= spent
+            timed += 1
+            if not keep:
+                failures.append(f"candidate {cand.label!r} measured slower than jax.jit "
+                                f"({timings['speedup']:.3f}x)")  # fmt: skip
+                continue
+        return (cand, call, source), timings, verdict
+    return None, {}, None
+
+
+def _compare(
+    reference: Callable[..., Any],
+    candidate: Callable[..., Any],
+    args: tuple[Any, ...],
+    static_argnums: tuple[int, ...],
+    budget_s: float,
+    label: str,
+) -> tuple[dict[str, Any], bool]:
+    """Time `candidate` against `reference` (both jitted); keep it unless it is slower."""
+    # The timer jits what it is given, so static arguments are closed over, not passed.
+    dynamic_pos = [i for i in range(len(args)) if i not in static_argnums]
+
+    def bind(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def bound(*dyn: Any) -> Any:
+            full = list(args)
+            for i, value in zip(dynamic_pos, dyn):
+                full[i] = value
+            return fn(*full)
+
+        return bound
+
+    results = _measure.time_callables(
+        {"jax.jit": bind(reference), label: bind(candidate)},
+        tuple(args[i] for i in dynamic_pos),
+        warmup=1,
+        min_rounds=5,
+        max_rounds=200,
+        budget_s=max(budget_s, 0.05),
+    )
+    ref, cand = results["jax.jit"], results[label]
+    ratio = float(_measure.speedup(ref, cand))
+    timings = {"speedup": ratio, "measured_s": cand.median_s, "reference_s": ref.median_s}
+    return timings, ratio >= 1.0
+
+
+def _pytree_call(
+    flat: Callable[..., tuple[Any, ...]], traced: Traced, name: str, label: str
+) -> Callable[..., Any]:
+    """The flat codegen'd function, jitted, behind the original's pytree signature."""
+    jitted = jax.jit(flat)
+
+    def call(*args: Any) -> Any:
+        leaves = traced.flatten_args(args)
+        return jax.tree_util.tree_unflatten(traced.out_tree, list(jitted(*leaves)))
+
+    call.__name__ = call.__qualname__ = f"{name}[{label}]"
+    return call
+
+
+def _jit_reference(
+    fn: Callable[..., Any], static_argnums: tuple[int, ...], args: tuple[Any, ...]
+) -> Callable[..., Any]:
+    """`jax.jit(fn)`, or `fn` itself when its static arguments cannot be hashed."""
+    try:
+        for i in static_argnums:
+            if i < len(args):
+                hash(args[i])
+    except TypeError:
+        return fn
+    return jax.jit(fn, static_argnums=static_argnums)
+
+
+def _jax_can_trace(fn: Callable[..., Any], args: tuple[Any, ...], static: tuple[int, ...]) -> bool:
+    """Whether JAX itself can trace `fn(*args)` (so a failure is superopt's, not the input's)."""
+    dynamic_pos = [i for i in range(len(args)) if i not in static]
+
+    def partial(*dyn: Any) -> Any:
+        full = list(args)
+        for i, value in zip(dynamic_pos, dyn):
+            full[i] = value
+        return fn(*full)
+
+    try:
+        jax.eval_shape(partial, *[args[i] for i in dynamic_pos])
+    except Exception:
+        return False
+    return True
+
+
+def _signature_of(args: tuple[Any, ...], static_argnums: tuple[int, ...]) -> Traced:
+    """A `Traced` that only knows the argument signature (for the original-function path)."""
+    static = {i: args[i] for i in static_argnums if i < len(args)}
+    dynamic = [a for i, a in enumerate(args) if i not in static]
+    leaves, in_tree = jax.tree_util.tree_flatten(dynamic)
+    specs = tuple(
+        ArgSpec(
+            tuple(np.shape(leaf)),
+            np.dtype(jax.dtypes.canonicalize_dtype(jax.numpy.result_type(leaf))),
+        )
+        for leaf in leaves
+    )
+    return Traced(Program((), ()), in_tree, None, specs, static_argnums, static)
+
+
+def _open_cache(cache_dir: str | None) -> Any:
+    try:
+        return _cache.TuningCache(cache_dir)
+    except CacheError:
+        raise
+    except Exception as err:
+        where = cache_dir or "the default cache folder"
+        raise CacheError(
+            f"cannot open the tuning cache in {where}: {err}. Pass cache=False to skip it, "
+            "or point SUPEROPT_CACHE_DIR at a writable folder"
+        ) from err
+
+
+def _environment(cost_model: Any) -> dict[str, str]:
+    devices = jax.devices()
+    if isinstance(cost_model, str):
+        model_name = cost_model
+    else:
+        model_name = getattr(cost_model, "name", None) or type(cost_model).__name__
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind if devices else "",
+        "cost_model": str(model_name),
+    }
+
+
+def _function_name(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None and isinstance(fn, functools.partial):
+        return _function_name(fn.func)
+    return str(name or type(fn).__name__)
+
+
+def _identifier(name: str) -> str:
+    ident = re.sub(r"\W", "_", name.rsplit(".", 1)[-1]).strip("_") or "optimized"
+    return ident if not ident[0].isdigit() else f"f_{ident}"
+
+
+def _rule_name(rule: Any) -> str:
+    return str(getattr(rule, "name", None) or getattr(rule, "__name__", None) or rule)
+
+
+def _sentences(parts: Sequence[str]) -> str:
+    """Reasons joined into one text, each ending with one full stop."""
+    texts = [p.strip().rstrip(".") for p in parts if p and p.strip()]
+    return " ".join(t[0].upper() + t[1:] + "." for t in texts)
+
+
+def _original_source(name: str) -> str:
+    return f"# superopt returned the original function {name} unchanged (see the report)\n"
+
+
+class Jitted:
+    """`@superopt.jit`: optimizes a function once per input signature, like `jax.jit`.
+
+    The signature is the pytree structure of the arguments, the shape and dtype of each
+    leaf, and the values of the static arguments. Each new signature runs
+    `superopt.optimize` on the first arguments that have it; later calls reuse the result.
+
+    **Arguments:**
+
+    - `fn`: the function to optimize.
+    - `**options`: keyword options of `superopt.optimize` (`static_argnums`, `budget`, ...).
+    """
+
+    def __init__(self, fn: Callable[..., Any], **options: Any):
+        if not callable(fn):
+            raise TraceError(_NOT_CALLABLE_MSG.format(kind=type(fn).__name__, value=fn))
+        static = options.get("static_argnums", ())
+        options["static_argnums"] = (static,) if isinstance(static, int) else tuple(static)
+        self._fn = fn
+        self._options = options
+        self._optimized: dict[Any, Optimized] = {}
+        try:
+            functools.update_wrapper(self, fn)
+        except (AttributeError, TypeError):
+            pass
+
+    @property
+    def optimized(self) -> dict[Any, Optimized]:
+        """The `Optimized` functions built so far, by signature."""
+        return dict(self._optimized)
+
+    def __call__(self, *args: Any) -> Any:
+        key, has_tracers = self._signature(args)
+        opt = self._optimized.get(key)
+        if opt is None:
+            examples = args
+            if has_tracers:
+                # Inside another transformation: optimize on concrete stand-ins of the same
+                # shapes, outside the enclosing trace, then call through with the tracers.
+                examples = tuple(_concrete_like(a, i in self._options["static_argnums"])
+                                 for i, a in enumerate(args))  # fmt: skip
+                with jax.ensure_compile_time_eval():
+                    opt = optimize(self._fn, *examples, **self._options)
+            else:
+                opt = optimize(self._fn, *examples, **self._options)
+            self._optimized[key] = opt
+        return opt(*args)
+
+    def _signature(self, args: tuple[Any, ...]) -> tuple[Any, bool]:
+        static = self._options["static_argnums"]
+        static_values = []
+        for i in static:
+            if i < len(args):
+                try:
+                    hash(args[i])
+                except TypeError as err:
+                    raise SignatureError(
+                        _UNHASHABLE_STATIC_MSG.format(index=i, value=args[i])
+                    ) from err
+                static_values.append((i, args[i]))
+        dynamic = [a for i, a in enumerate(args) if i not in static]
+        leaves, tree = jax.tree_util.tree_flatten(dynamic)
+        specs = tuple(
+            (tuple(np.shape(x)), str(jax.dtypes.canonicalize_dtype(jax.numpy.result_type(x))))
+            for x in leaves
+        )
+        has_tracers = any(isinstance(x, jax.core.Tracer) for x in leaves)
+        return (len(args), tree, specs, tuple(static_values)), has_tracers
+
+    def __repr__(self) -> str:
+        return f"<superopt.jit {_function_name(self._fn)}: {len(self._optimized)} signature(s)>"
+
+
+def _concrete_like(arg: Any, is_static: bool) -> Any:
+    if is_static:
+        return arg
+    rng = np.random.default_rng(0)
+
+    def leaf(x: Any) -> Any:
+        dtype = np.dtype(jax.dtypes.canonicalize_dtype(jax.numpy.result_type(x)))
+        shape = tuple(np.shape(x))
+        if np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.complexfloating):
+            return rng.standard_normal(shape).astype(dtype)
+        if dtype == np.bool_:
+            return rng.integers(0, 2, shape).astype(dtype)
+        return rng.integers(0, 8, shape).astype(dtype)
+
+    return jax.tree_util.tree_map(leaf, arg)
+
+
+def jit(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Optimize `fn` per input signature, like `jax.jit`.
+
+    Use as `@superopt.jit`, `@superopt.jit(budget=1.0)` or `superopt.jit(fn, **options)`.
+
+    **Arguments:**
+
+    - `fn`: the function; omit it to get a decorator with `options` bound.
+    - `**options`: keyword options of `superopt.optimize`.
+
+    **Returns:** a `Jitted` callable (or a decorator making one).
+    """
+    if fn is None:
+        return functools.partial(jit, **options)
+    return Jitted(fn, **options)
