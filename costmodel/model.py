@@ -87,6 +87,7 @@ def pack(
     *,
     feat_mean: np.ndarray | None = None,
     feat_std: np.ndarray | None = None,
+    pad_to: tuple[int, int] | None = None,
 ) -> Batch:
     """Concatenate graphs into one padded `Batch` (normalizing node features if given).
 
@@ -95,6 +96,8 @@ def pack(
     - `graphs`: the programs' arrays.
     - `num_graphs`: the static graph count (more than `len(graphs)` pads with empty graphs).
     - `feat_mean`, `feat_std`: node-feature normalization.
+    - `pad_to`: fixed `(nodes, edges)` sizes (training pads every batch alike so that it
+      compiles once); by default the counts are rounded up to a power of two.
 
     **Returns:** a `Batch` of numpy arrays with bucketed node and edge counts.
     """
@@ -102,6 +105,8 @@ def pack(
     n_real = sum(g.num_nodes for g in graphs)
     e_real = sum(g.num_edges for g in graphs)
     n, e = bucket(n_real + 1), bucket(e_real + 1)
+    if pad_to is not None:
+        n, e = max(n, pad_to[0]), max(e, pad_to[1])
     opcode = np.zeros(n, np.int32)
     feat = np.zeros((n, NUM_FEATURES), np.float32)
     graph = np.full(n, b, np.int32)

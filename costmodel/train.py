@@ -1,0 +1,381 @@
+"""Training the learned cost model, and its checkpoints.
+
+Loss = MSE on log runtime + a pairwise hinge rank loss between variants of one program (the
+ranking is what the search uses). Batches are whole groups of variants; splits are by family
+(`costmodel.dataset.split_by_family`); training stops early when the validation loss has not
+improved for `patience` evaluations, keeping the best weights.
+
+A checkpoint is a directory holding `model.eqx` (`eqx.tree_serialise_leaves`) and
+`model.json` (hyperparameters, normalization, backend, device kind, dataset hash, metrics,
+versions).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from superopt.ir import SuperoptError
+
+from .dataset import Dataset, split_by_family
+from .features import NUM_FEATURES, OPCODES
+from .model import Batch, GraphModel, LearnedCostModel, bucket, pack
+
+FORMAT_VERSION = 1
+
+
+class WeightsError(SuperoptError):
+    """Cost-model weights that are missing, corrupt, or trained for another backend."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of a training run (all saved with the checkpoint)."""
+
+    width: int = 64
+    embed_dim: int = 16
+    num_layers: int = 3
+    batch_graphs: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    steps: int = 2000
+    eval_every: int = 100
+    patience: int = 5
+    rank_weight: float = 1.0
+    rank_margin: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    """What training produced: the model, the split, and the metrics along the way."""
+
+    model: LearnedCostModel
+    config: TrainConfig
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _group_batches(
+    groups: np.ndarray, rng: np.random.Generator, batch_graphs: int
+) -> list[np.ndarray]:
+    """Record indices in batches of whole groups (a group larger than a batch is sampled)."""
+    by_group: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    members = list(by_group.values())
+    rng.shuffle(members)
+    batches: list[np.ndarray] = []
+    current: list[int] = []
+    for m in members:
+        m = list(rng.permutation(m)[:batch_graphs])
+        if len(current) + len(m) > batch_graphs:
+            batches.append(np.asarray(current))
+            current = []
+        current.extend(m)
+    if current:
+        batches.append(np.asarray(current))
+    return batches
+
+
+def _loss(
+    network: GraphModel,
+    batch: Batch,
+    target: jax.Array,
+    group: jax.Array,
+    rank_weight: float,
+    margin: float,
+) -> jax.Array:
+    pred, _ = network(batch)
+    real = (group >= 0).astype(jnp.float32)
+    mse = jnp.sum(real * (pred - target) ** 2) / jnp.maximum(jnp.sum(real), 1.0)
+    # Pairs (i faster than j) of one program: j must be predicted slower by a margin.
+    pair = (group[:, None] == group[None, :]) & (group[:, None] >= 0)
+    pair = pair & (target[:, None] < target[None, :] - 0.01)
+    hinge = jax.nn.relu(margin - (pred[None, :] - pred[:, None]))
+    rank = jnp.sum(hinge * pair) / jnp.maximum(jnp.sum(pair), 1.0)
+    return mse + rank_weight * rank
+
+
+@eqx.filter_jit
+def _step(network, opt_state, batch, target, group, optimizer, rank_weight, margin):
+    loss, grads = eqx.filter_value_and_grad(_loss)(
+        network, batch, target, group, rank_weight, margin
+    )
+    updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(network, eqx.is_array))
+    return eqx.apply_updates(network, updates), opt_state, loss
+
+
+@eqx.filter_jit
+def _eval_loss(network, batch, target, group, rank_weight, margin):
+    return _loss(network, batch, target, group, rank_weight, margin)
+
+
+def _prepare(
+    dataset: Dataset,
+    idx: np.ndarray,
+    config: TrainConfig,
+    mean: np.ndarray,
+    std: np.ndarray,
+    offset: float,
+    pad_to: tuple[int, int],
+) -> tuple[Batch, jax.Array, jax.Array]:
+    b = config.batch_graphs
+    batch = pack(dataset.graphs(idx), b, feat_mean=mean, feat_std=std, pad_to=pad_to)
+    target = np.zeros(b, np.float32)
+    target[: len(idx)] = np.log(dataset.runtime_s[idx]) - offset
+    _, codes = np.unique(dataset.program_id, return_inverse=True)
+    group = np.full(b, -1, np.int32)
+    group[: len(idx)] = codes[idx]
+    return batch, jnp.asarray(target), jnp.asarray(group)
+
+
+def train(
+    dataset: Dataset,
+    *,
+    test_families: tuple[str, ...] = (),
+    config: TrainConfig = TrainConfig(),
+    out: str | Path | None = None,
+    progress: bool = True,
+    time_limit_s: float | None = None,
+) -> TrainResult:
+    """Train a `LearnedCostModel` on a dataset of measured variants.
+
+    **Arguments:**
+
+    - `dataset`: the measured variants (`costmodel.dataset.Dataset`).
+    - `test_families`: families held out of training and validation (for `evaluate`).
+    - `config`: the hyperparameters.
+    - `out`: a checkpoint directory to write the best model to, or `None`.
+    - `progress`: show a rich progress bar.
+    - `time_limit_s`: stop (keeping the best model) after this many seconds.
+
+    **Returns:** a `TrainResult` with the best model by validation loss.
+    """
+    start = time.perf_counter()
+    train_idx, val_idx, test_idx = split_by_family(dataset, test_families, seed=config.seed)
+    if len(train_idx) == 0:
+        raise ValueError(
+            f"no training records: the dataset has families {dataset.families()} and "
+            f"{list(test_families)} are held out; collect more families"
+        )
+    feats = np.concatenate([g.node_feat for g in dataset.graphs(train_idx)])
+    mean = feats.mean(0).astype(np.float32)
+    std = (feats.std(0) + 1e-3).astype(np.float32)
+    log_t = np.log(dataset.runtime_s[train_idx])
+    # The network's additive part sums node shares, so start from the mean per-graph time.
+    offset = float(log_t.mean())
+    key = jax.random.PRNGKey(config.seed)
+    network = GraphModel(config.width, config.embed_dim, config.num_layers, key=key)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, min(100, config.steps // 10 + 1), config.steps
+    )
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=config.weight_decay)
+    )
+    opt_state = optimizer.init(eqx.filter(network, eqx.is_array))
+    rng = np.random.default_rng(config.seed)
+    # One padded size for every batch: the largest graphs together (one compilation).
+    sizes_n = np.sort(np.diff(dataset.node_offsets))[::-1][: config.batch_graphs]
+    sizes_e = np.sort(np.diff(dataset.edge_offsets))[::-1][: config.batch_graphs]
+    pad_to = (bucket(int(sizes_n.sum()) + 1), bucket(int(sizes_e.sum()) + 1))
+    val_batches = [
+        _prepare(dataset, b, config, mean, std, offset, pad_to)
+        for b in _group_batches(dataset.program_id[val_idx], rng, config.batch_graphs)
+        for b in [val_idx[b]]
+    ]
+    best = (np.inf, network)
+    history: list[dict[str, float]] = []
+    bad = 0
+    step = 0
+    running = 0.0
+    with _progress(progress) as bar:
+        task = bar.add_task("training", total=config.steps) if bar else None
+        while step < config.steps:
+            for local in _group_batches(dataset.program_id[train_idx], rng, config.batch_graphs):
+                batch, target, group = _prepare(
+                    dataset, train_idx[local], config, mean, std, offset, pad_to
+                )
+                network, opt_state, loss = _step(
+                    network, opt_state, batch, target, group, optimizer,
+                    config.rank_weight, config.rank_margin,
+                )  # fmt: skip
+                running = 0.9 * running + 0.1 * float(loss) if step else float(loss)
+                step += 1
+                if bar:
+                    bar.update(task, advance=1, description=f"training loss {running:.3f}")
+                if step % config.eval_every == 0 or step == config.steps:
+                    val = _mean_loss(network, val_batches, config) if val_batches else running
+                    history.append({"step": step, "train_loss": running, "val_loss": val})
+                    if val < best[0]:
+                        best, bad = (val, network), 0
+                    else:
+                        bad += 1
+                if step >= config.steps or bad >= config.patience:
+                    break
+                if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
+                    break
+            if bad >= config.patience or (
+                time_limit_s is not None and time.perf_counter() - start > time_limit_s
+            ):
+                break
+    network = best[1] if np.isfinite(best[0]) else network
+    model = LearnedCostModel(network, mean, std, offset, config.batch_graphs)
+    result = TrainResult(
+        model, config, train_idx, val_idx, test_idx, history, time.perf_counter() - start
+    )
+    if out is not None:
+        save_checkpoint(
+            out,
+            model,
+            config,
+            dataset,
+            metrics={"best_val_loss": float(best[0]), "steps": step},
+            extra={"test_families": list(test_families)},
+        )
+    return result
+
+
+def _mean_loss(network: GraphModel, batches: list, config: TrainConfig) -> float:
+    losses = [
+        float(_eval_loss(network, b, t, g, config.rank_weight, config.rank_margin))
+        for b, t, g in batches
+    ]
+    return float(np.mean(losses))
+
+
+class _NoBar:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from rich.progress import BarColumn, Progress, TimeRemainingColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(), TimeRemainingColumn())
+
+
+def device_info() -> dict[str, str]:
+    """The backend and device kind measurements and weights belong to."""
+    dev = jax.devices()[0]
+    return {"backend": jax.default_backend(), "device_kind": str(dev.device_kind)}
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: LearnedCostModel,
+    config: TrainConfig,
+    dataset: Dataset | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model.eqx` and `model.json` into directory `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    eqx.tree_serialise_leaves(path / "model.eqx", model)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config": config.__dict__,
+        "log_offset": model.log_offset,
+        "num_features": NUM_FEATURES,
+        "num_opcodes": len(OPCODES),
+        "dataset_hash": dataset.content_hash() if dataset is not None else None,
+        "dataset_summary": dataset.summary() if dataset is not None else None,
+        "dataset_meta": dataset.meta if dataset is not None else None,
+        "metrics": metrics or {},
+        "versions": {
+            "jax": jax.__version__,
+            "equinox": eqx.__version__,
+            "optax": optax.__version__,
+            "python": platform.python_version(),
+        },
+        **device_info(),
+        **(extra or {}),
+    }
+    if dataset is not None and dataset.meta.get("backend"):
+        # The weights belong to the machine the runtimes were measured on.
+        meta["backend"] = dataset.meta["backend"]
+        meta["device_kind"] = dataset.meta.get("device_kind", meta["device_kind"])
+    (path / "model.json").write_text(json.dumps(meta, indent=2, default=str))
+    return path
+
+
+def load_checkpoint(path: str | Path, backend: str | None = None) -> LearnedCostModel:
+    """Load a checkpoint written by `save_checkpoint`.
+
+    **Arguments:**
+
+    - `path`: the checkpoint directory.
+    - `backend`: the backend the weights must have been trained for (`None` skips the
+      check).
+
+    **Returns:** the `LearnedCostModel`. Raises `WeightsError` saying what to do when the
+    files are missing, corrupt, of another format, or for another backend.
+    """
+    path = Path(path)
+    meta_path, leaves_path = path / "model.json", path / "model.eqx"
+    if not meta_path.exists() or not leaves_path.exists():
+        raise WeightsError(
+            f"no cost-model weights at {path} (need model.json and model.eqx); train them "
+            "with `superopt collect` then `superopt train`, or use model='analytical'"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+        cfg = TrainConfig(**meta["config"])
+        offset = float(meta["log_offset"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise WeightsError(
+            f"{meta_path} is not a readable cost-model metadata file ({err}); retrain with "
+            "`superopt train`"
+        ) from err
+    if meta.get("format_version") != FORMAT_VERSION or meta.get("num_features") != NUM_FEATURES:
+        raise WeightsError(
+            f"weights at {path} were written for another feature layout (format "
+            f"{meta.get('format_version')}, {meta.get('num_features')} features; this "
+            f"version has format {FORMAT_VERSION}, {NUM_FEATURES}); retrain with "
+            "`superopt train`"
+        )
+    if backend is not None and meta.get("backend") != backend:
+        raise WeightsError(
+            f"weights at {path} were trained on backend {meta.get('backend')!r} "
+            f"({meta.get('device_kind')}), not {backend!r}: runtimes do not transfer "
+            "between machines. Train weights for this backend with `superopt collect` "
+            "and `superopt train`, or use model='analytical'"
+        )
+    skeleton = LearnedCostModel(
+        GraphModel(cfg.width, cfg.embed_dim, cfg.num_layers, key=jax.random.PRNGKey(0)),
+        np.zeros(NUM_FEATURES, np.float32),
+        np.ones(NUM_FEATURES, np.float32),
+        offset,
+        cfg.batch_graphs,
+    )
+    try:
+        return eqx.tree_deserialise_leaves(leaves_path, skeleton)
+    except Exception as err:
+        raise WeightsError(
+            f"{leaves_path} is corrupt or does not match {meta_path} ({type(err).__name__}: "
+            f"{err}); retrain with `superopt train`"
+        ) from err
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The `model.json` of a checkpoint directory."""
+    return json.loads((Path(path) / "model.json").read_text())
