@@ -1,0 +1,272 @@
+"""The analytical baseline: a calibrated, fusion-aware roofline.
+
+Per program: FLOPs and transcendentals from the op registry, bytes moved from XLA's own
+`compiled.cost_analysis()` (which counts bytes after XLA's fusion) where it answers, else a
+fusion-aware estimate from the graph (elementwise ops fused into their consumers). These
+become seconds through the peak matmul FLOP/s, transcendental rate and memory bandwidth that
+microbenchmarks measure on this machine (cached per device), and are combined as
+
+    t = c0 + c_roof * max(t_compute, t_memory) + c_sum * (t_compute + t_memory)
+        + c_kernel * kernels + c_dot * dots + c_opaque * opaques
+
+with the coefficients fitted by non-negative least squares on relative error over the
+training split (`fit`). Uncalibrated, it is the plain roofline plus a per-kernel launch
+overhead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Float, Int
+
+from superopt.ir import Program, get_op
+
+from .features import _COL, OPCODE_ID, GraphArrays
+from .model import AbstractCostModel
+
+TERM_NAMES = ("const", "roofline", "sum", "kernels", "dots", "opaques")
+
+# Ops that XLA fuses into their consumers (no kernel, no round trip to memory of their own).
+_FUSIBLE = {
+    OPCODE_ID[name]
+    for name in (
+        "broadcast_in_dim", "reshape", "squeeze", "expand_dims", "convert_element_type",
+        "input", "const", "literal", "iota", "transpose", "slice",
+    )
+}  # fmt: skip
+_LEAVES = {OPCODE_ID[name] for name in ("input", "const", "literal", "iota")}
+_DOT = OPCODE_ID["dot_general"]
+_REDUCE = {OPCODE_ID[n] for n in OPCODE_ID if n.startswith("reduce_") or n.startswith("arg")}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Peak rates of this machine, measured by microbenchmarks."""
+
+    matmul_flops: float
+    transcendentals: float
+    bandwidth: float
+    overhead_s: float
+    backend: str
+    device_kind: str
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SUPEROPT_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "superopt"
+
+
+def _median_time(fn: Any, *args: Any, rounds: int = 15) -> float:
+    jitted = jax.jit(fn)
+    jax.block_until_ready(jitted(*args))
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        jax.block_until_ready(jitted(*args))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def calibrate(cache: bool = True, force: bool = False) -> Calibration:
+    """Measure (or read from the cache) the machine's peak rates.
+
+    **Arguments:**
+
+    - `cache`: read and write `calibration-<backend>-<device>.json` in the superopt cache
+      directory (`SUPEROPT_CACHE_DIR`, default `~/.cache/superopt`).
+    - `force`: measure even if a cached calibration exists.
+
+    **Returns:** a `Calibration`.
+    """
+    dev = jax.devices()[0]
+    backend, kind = jax.default_backend(), str(dev.device_kind)
+    path = _cache_dir() / f"calibration-{backend}-{kind.replace(' ', '_').replace('/', '_')}.json"
+    if cache and not force and path.exists():
+        try:
+            return Calibration(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            pass  # a stale or corrupt cache is measured again
+    key = jax.random.PRNGKey(0)
+    overhead = _median_time(lambda x: x + 1.0, jnp.float32(1.0), rounds=50)
+    n = 512 if backend == "cpu" else 4096
+    a = jax.random.normal(key, (n, n), jnp.float32)
+    t_mm = _median_time(lambda x, y: x @ y, a, a)
+    size = 1 << 22 if backend == "cpu" else 1 << 26
+    v = jax.random.normal(key, (size,), jnp.float32)
+    t_bw = _median_time(lambda x: x * 2.0 + 1.0, v)
+    t_exp = _median_time(lambda x: jnp.exp(x), v)
+    calib = Calibration(
+        matmul_flops=2.0 * n**3 / max(t_mm - overhead, 1e-9),
+        transcendentals=size / max(t_exp - overhead, 1e-9),
+        bandwidth=8.0 * size / max(t_bw - overhead, 1e-9),
+        overhead_s=overhead,
+        backend=backend,
+        device_kind=kind,
+    )
+    if cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(asdict(calib), indent=2))
+        except OSError:
+            pass  # a read-only cache only costs a re-measurement next time
+    return calib
+
+
+def xla_cost(program: Program) -> np.ndarray:
+    """XLA's `(flops, transcendentals, bytes accessed)` of the compiled program (NaNs if
+    XLA does not say)."""
+    try:
+        structs = [jax.ShapeDtypeStruct(n.shape, n.dtype) for n in program.inputs]
+
+        def run(*xs: Any) -> tuple[Any, ...]:
+            env: dict[int, Any] = {}
+            for node in program.nodes():
+                if node.op == "input":
+                    env[id(node)] = xs[node.params["index"]]
+                elif node.op == "const":
+                    env[id(node)] = program.consts[node.params["key"]]
+                else:
+                    args = [env[id(a)] for a in node.args]
+                    env[id(node)] = get_op(node.op).lower(*args, **node.params)
+            return tuple(env[id(o)] for o in program.outputs)
+
+        analysis = jax.jit(run).lower(*structs).compile().cost_analysis()
+        if isinstance(analysis, (list, tuple)):
+            analysis = analysis[0] if analysis else {}
+        return np.asarray(
+            [
+                analysis.get("flops", np.nan),
+                analysis.get("transcendentals", np.nan),
+                analysis.get("bytes accessed", np.nan),
+            ],
+            np.float32,
+        )
+    except Exception:
+        return np.full(3, np.nan, np.float32)
+
+
+def _unlog(x: np.ndarray) -> np.ndarray:
+    return np.expm1(np.asarray(x, np.float64))
+
+
+def _node_parts(opcode: np.ndarray, feat: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "flops": _unlog(feat[:, _COL["log_flops"]]),
+        "trans": _unlog(feat[:, _COL["log_transcendentals"]]),
+        "read": _unlog(feat[:, _COL["log_bytes_read"]]),
+        "written": _unlog(feat[:, _COL["log_bytes_written"]]),
+        "elementwise": feat[:, _COL["elementwise"]] > 0.5,
+        "fusible": np.isin(opcode, list(_FUSIBLE)),
+        "leaf": np.isin(opcode, list(_LEAVES)),
+    }
+
+
+def program_terms(graph: GraphArrays, calib: Calibration) -> np.ndarray:
+    """The model's terms of one program (`TERM_NAMES`), in seconds or counts."""
+    p = _node_parts(graph.node_opcode, graph.node_feat)
+    t_compute = p["flops"].sum() / calib.matmul_flops + p["trans"].sum() / calib.transcendentals
+    is_kernel = ~(p["fusible"] | p["elementwise"])
+    # An elementwise node whose users are all fused into it is no kernel of its own;
+    # one read by a kernel (or an output) is the root of a fusion.
+    users_fused = np.zeros(graph.num_nodes, bool)
+    if graph.num_edges:
+        src, dst = graph.edge_index[:, 0], graph.edge_index[:, 1]
+        feeds_kernel = np.zeros(graph.num_nodes, bool)
+        np.logical_or.at(
+            feeds_kernel, src, is_kernel[dst] | np.isin(graph.node_opcode[dst], list(_REDUCE))
+        )
+        users_fused = ~feeds_kernel
+    is_output = graph.node_feat[:, _COL["is_output"]] > 0.5
+    fusion_root = p["elementwise"] & (~users_fused | is_output)
+    kernels = int(is_kernel.sum() + fusion_root.sum() - (p["leaf"] & is_kernel).sum())
+    xla_bytes = float(graph.xla_cost[2]) if graph.xla_cost is not None else np.nan
+    if np.isfinite(xla_bytes) and xla_bytes > 0:
+        nbytes = xla_bytes
+    else:
+        materialized = (is_kernel | fusion_root) & ~p["leaf"]
+        nbytes = float((p["written"] * materialized).sum() + (p["read"] * is_kernel).sum())
+    t_memory = nbytes / calib.bandwidth
+    dots = int((graph.node_opcode == _DOT).sum())
+    opaques = int((graph.node_opcode == 0).sum())
+    return np.asarray(
+        [1.0, max(t_compute, t_memory), t_compute + t_memory, kernels, dots, opaques], np.float64
+    )
+
+
+def default_coefficients(calib: Calibration) -> np.ndarray:
+    """The uncalibrated roofline: one launch overhead per kernel."""
+    return np.asarray([calib.overhead_s, 1.0, 0.0, calib.overhead_s * 0.1, 0.0, 0.0])
+
+
+class AnalyticalCostModel(AbstractCostModel):
+    """The calibrated roofline (see the module docstring).
+
+    **Arguments:**
+
+    - `calibration`: the machine's peak rates (`calibrate()`).
+    - `coef`: one coefficient per `TERM_NAMES` entry (non-negative).
+    """
+
+    calibration: Calibration = eqx.field(static=True)
+    coef: tuple[float, ...] = eqx.field(static=True)
+
+    def __init__(self, calibration: Calibration | None = None, coef: np.ndarray | None = None):
+        self.calibration = calibrate() if calibration is None else calibration
+        values = default_coefficients(self.calibration) if coef is None else coef
+        self.coef = tuple(float(c) for c in np.asarray(values, float).reshape(-1))
+
+    def terms(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
+        return np.stack([program_terms(g, self.calibration) for g in graphs]).reshape(
+            len(graphs), len(TERM_NAMES)
+        )
+
+    def score_programs(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
+        if not graphs:
+            return np.zeros(0)
+        return np.maximum(self.terms(graphs) @ np.asarray(self.coef), 1e-9)
+
+    def score_nodes(
+        self, node_opcode: Int[np.ndarray, " n"], node_feat: Float[np.ndarray, "n feat"]
+    ) -> np.ndarray:
+        c = self.calibration
+        p = _node_parts(np.asarray(node_opcode), np.asarray(node_feat))
+        compute = p["flops"] / c.matmul_flops + p["trans"] / c.transcendentals
+        kernel = ~(p["fusible"] | p["elementwise"])
+        # Fused elementwise ops move no memory of their own; kernels read and write.
+        memory = np.where(kernel, p["read"] + p["written"], 0.0) / c.bandwidth
+        roof = np.maximum(compute, memory)
+        return (
+            self.coef[1] * roof
+            + self.coef[2] * (compute + memory)
+            + self.coef[3] * kernel
+            + self.coef[4] * (np.asarray(node_opcode) == _DOT)
+        )
+
+    def fit(self, graphs: Sequence[GraphArrays], runtime_s: np.ndarray) -> AnalyticalCostModel:
+        """A copy with coefficients fitted (non-negative least squares on relative error)."""
+        from scipy.optimize import nnls
+
+        a = self.terms(graphs)
+        t = np.asarray(runtime_s, np.float64)
+        scale = np.maximum(np.abs(a).max(0), 1e-30)
+        coef, _ = nnls((a / scale) / t[:, None], np.ones_like(t), maxiter=10_000)
+        return AnalyticalCostModel(self.calibration, coef / scale)
+
+    def to_json(self) -> str:
+        return json.dumps({"calibration": asdict(self.calibration), "coef": list(self.coef)})
+
+    @staticmethod
+    def from_json(text: str) -> AnalyticalCostModel:
+        data = json.loads(text)
+        return AnalyticalCostModel(Calibration(**data["calibration"]), np.asarray(data["coef"]))
