@@ -1,6 +1,8 @@
 """superopt: an embedded superoptimizer for JAX."""
 
 from . import ir as ir
+from ._cache import TuningCache as TuningCache
+from ._cache import cache_dir as cache_dir
 from ._codegen import render as render
 from ._codegen import to_callable as to_callable
 from ._errors import CacheError as CacheError
