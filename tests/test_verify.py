@@ -258,3 +258,26 @@ def test_random_floats_span_magnitudes(seed: int, size: int):
     if size >= 200:
         magnitudes = np.abs(values[values != 0])
         assert magnitudes.max() / magnitudes.min() > 100
+
+
+def test_unhashable_static_argument_runs_without_jit():
+    x = np.arange(6, dtype=np.float32)
+    perm = [5, 4, 3, 2, 1, 0]  # a list: cannot be a jit static argument
+    verdict = superopt.verify(
+        lambda v, p: v[np.asarray(p)], lambda v, p: v[::-1], x, perm, static_argnums=1
+    )
+    assert verdict, verdict.message
+    assert not superopt.verify(
+        lambda v, p: v[np.asarray(p)], lambda v, p: v, x, perm, static_argnums=1
+    )
+
+
+def test_matmuls_are_compared_at_highest_precision():
+    seen = []
+
+    def ref(x):
+        seen.append(jax.config.jax_default_matmul_precision)
+        return x @ x
+
+    superopt.verify(ref, lambda x: x @ x, np.eye(3, dtype=np.float32), num_random=0)
+    assert seen and all(p == "highest" for p in seen)
