@@ -1,0 +1,565 @@
+"""The corpus for the learned cost model: program families → variants → timings → dataset.
+
+Each family builds a random program (shapes and dtypes drawn from a seeded generator) and
+its equivalent variants: hand-written rewrites of the kind the e-graph finds, the e-graph's
+own variants (`superopt.variants`, when the search provides it), and tile-size variants of
+the fused ops (`chunked_xent`, `flash_attention`). A few variants named `near_*` are not
+equivalent but close (one extra op): they widen the runtime spread within a group. All variants of one program are timed
+together with `time_callables` (interleaved, so they are comparable) and stored in a SQLite
+database (WAL mode) one row per variant. `collect` is resumable: a program whose variants
+are stored is skipped. `export` writes the rows to a `costmodel.dataset.Dataset` `.npz`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from costmodel.analytical import xla_cost
+from costmodel.dataset import Dataset, Record
+from costmodel.features import TILE_PARAMS, GraphArrays, featurize_program
+
+from ._codegen import to_callable
+from ._measure import time_callables
+from ._trace import trace
+from .ir import Node, Params, Program, make
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS programs (
+    program_id TEXT PRIMARY KEY, family TEXT, seed INTEGER, variants INTEGER,
+    seconds REAL, error TEXT
+);
+CREATE TABLE IF NOT EXISTS variants (
+    program_id TEXT, variant_id TEXT, family TEXT, tile_group TEXT,
+    node_opcode BLOB, node_feat BLOB, edge_index BLOB, config_feat BLOB, xla_cost BLOB,
+    median_s REAL, p25_s REAL, p75_s REAL, spread REAL, n INTEGER,
+    backend TEXT, device_kind TEXT, versions TEXT,
+    PRIMARY KEY (program_id, variant_id)
+);
+"""
+
+
+@dataclass
+class Spec:
+    """One random program of a family: example arguments and equivalent variants.
+
+    **Arguments:**
+
+    - `args`: the example arguments (numpy arrays).
+    - `fns`: variant name → a JAX function of `args` (the first is the reference).
+    - `fused`: variant name → a builder from the program's input nodes to output nodes,
+      using a fused op whose tile parameter `tile_param` takes each of `tiles`.
+    """
+
+    args: tuple[np.ndarray, ...]
+    fns: dict[str, Callable[..., Any]]
+    fused: dict[str, Callable[[tuple[Node, ...], int], tuple[Node, ...]]] = field(
+        default_factory=dict
+    )
+    tiles: tuple[int, ...] = ()
+
+
+def _dtype(rng: np.random.Generator) -> Any:
+    # Mostly float32; some bfloat16, whose CPU kernels differ (a real signal to learn).
+    return jnp.bfloat16 if rng.random() < 0.2 else jnp.float32
+
+
+def _arr(rng: np.random.Generator, shape: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
+    return np.asarray(jnp.asarray(rng.standard_normal(shape, np.float32) * 0.5, dtype))
+
+
+def _pick(rng: np.random.Generator, values: Sequence[int]) -> int:
+    return int(rng.choice(np.asarray(values)))
+
+
+# ------------------------------------------------------------------ families
+
+
+def _mlp(rng: np.random.Generator) -> Spec:
+    dt = _dtype(rng)
+    b, d, h = (
+        _pick(rng, [16, 64, 128, 256]),
+        _pick(rng, [64, 128, 256]),
+        _pick(rng, [128, 256, 512]),
+    )
+    x, w1, w2 = _arr(rng, (b, d), dt), _arr(rng, (d, h), dt), _arr(rng, (h, d), dt)
+    s = 0.5
+    return Spec(
+        (x, w1, w2),
+        {
+            "ref": lambda x, w1, w2: jax.nn.gelu((x @ w1) * s) @ w2,
+            "scale_weight": lambda x, w1, w2: jax.nn.gelu(x @ (w1 * s)) @ w2,
+            "scale_input": lambda x, w1, w2: jax.nn.gelu((x * s) @ w1) @ w2,
+            "einsum": lambda x, w1, w2: jax.nn.gelu(jnp.einsum("bd,dh->bh", x, w1) * s) @ w2,
+        },
+    )
+
+
+def _attention_naive(q, k, v):
+    scores = jnp.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1]).astype(np.float32)
+    return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, -1).astype(v.dtype), v)
+
+
+def _attention(rng: np.random.Generator) -> Spec:
+    b, h, d = _pick(rng, [1, 2]), _pick(rng, [2, 4]), _pick(rng, [32, 64])
+    t = _pick(rng, [128, 256, 512, 1024])
+    q, k, v = (_arr(rng, (b, t, h, d)) for _ in range(3))
+    scale = 1.0 / float(np.sqrt(d))
+
+    def fused(ins: tuple[Node, ...], block: int) -> tuple[Node, ...]:
+        return (make("flash_attention", *ins, block=block, scale=scale, causal=False,
+                     mask_value=-1e30),)  # fmt: skip
+
+    return Spec(
+        (q, k, v),
+        {
+            "ref": _attention_naive,
+            "library": lambda q, k, v: jax.nn.dot_product_attention(q, k, v),
+        },
+        {"flash": fused},
+        tuple(x for x in (32, 64, 128, 256, 512, 1024) if x <= t),
+    )
+
+
+def _transformer(rng: np.random.Generator) -> Spec:
+    b, t, h, d = 1, _pick(rng, [64, 128, 256]), _pick(rng, [2, 4]), _pick(rng, [32, 64])
+    m = h * d
+    x = _arr(rng, (b, t, m))
+    wqkv, wo = _arr(rng, (m, 3 * m)), _arr(rng, (m, m))
+    w1, w2 = _arr(rng, (m, 4 * m)), _arr(rng, (4 * m, m))
+
+    def layer(x, wqkv, wo, w1, w2, fused_qkv=True, norm=jax.nn.standardize):
+        y = norm(x, axis=-1)
+        if fused_qkv:
+            q, k, v = jnp.split(y @ wqkv, 3, axis=-1)
+        else:
+            q, k, v = (y @ wqkv[:, i * m : (i + 1) * m] for i in range(3))
+        q, k, v = (z.reshape(b, t, h, d) for z in (q, k, v))
+        x = x + _attention_naive(q, k, v).reshape(b, t, m) @ wo
+        return x + jax.nn.gelu(norm(x, axis=-1) @ w1) @ w2
+
+    def manual_norm(x, axis):
+        mu = x.mean(axis, keepdims=True)
+        return (x - mu) * jax.lax.rsqrt(((x - mu) ** 2).mean(axis, keepdims=True) + 1e-5)
+
+    return Spec(
+        (x, wqkv, wo, w1, w2),
+        {
+            "ref": layer,
+            "split_qkv": lambda *a: layer(*a, fused_qkv=False),
+            "manual_norm": lambda *a: layer(*a, norm=manual_norm),
+        },
+    )
+
+
+def _xent(rng: np.random.Generator) -> Spec:
+    n, d = _pick(rng, [64, 128, 256]), _pick(rng, [64, 128, 256])
+    vocab = _pick(rng, [4096, 8192, 16384, 32000])
+    h, w = _arr(rng, (n, d)), _arr(rng, (d, vocab))
+    labels = rng.integers(0, vocab, n).astype(np.int32)
+
+    def ref(h, w, labels):
+        logits = h @ w
+        return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], 1)[:, 0]
+
+    def fused(ins: tuple[Node, ...], chunk: int) -> tuple[Node, ...]:
+        return (make("chunked_xent", *ins, chunk=chunk),)
+
+    return Spec(
+        (h, w, labels),
+        {
+            "ref": ref,
+            "onehot": lambda h, w, labels: (
+                -(jax.nn.log_softmax(h @ w, -1) * jax.nn.one_hot(labels, vocab)).sum(-1)
+            ),
+        },
+        {"chunked": fused},
+        tuple(c for c in (256, 512, 1024, 2048, 4096, 8192) if c <= vocab),
+    )
+
+
+def _matrix_chain(rng: np.random.Generator) -> Spec:
+    dims = [_pick(rng, [8, 32, 128, 512, 1024]) for _ in range(5)]
+    a, b, c, d = (_arr(rng, (dims[i], dims[i + 1])) for i in range(4))
+    return Spec(
+        (a, b, c, d),
+        {
+            "ref": lambda a, b, c, d: ((a @ b) @ c) @ d,
+            "right": lambda a, b, c, d: a @ (b @ (c @ d)),
+            "middle": lambda a, b, c, d: (a @ b) @ (c @ d),
+            "inner_left": lambda a, b, c, d: (a @ (b @ c)) @ d,
+            "inner_right": lambda a, b, c, d: a @ ((b @ c) @ d),
+        },
+    )
+
+
+def _normalization(rng: np.random.Generator) -> Spec:
+    dt = _dtype(rng)
+    n, d = _pick(rng, [64, 256, 1024, 4096]), _pick(rng, [64, 256, 1024])
+    x, g = _arr(rng, (n, d), dt), _arr(rng, (d,), dt)
+
+    def two_pass(x, g):
+        mu = x.mean(-1, keepdims=True)
+        return (x - mu) * jax.lax.rsqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * g
+
+    def one_pass(x, g):
+        mu = x.mean(-1, keepdims=True)
+        var = (x * x).mean(-1, keepdims=True) - mu * mu
+        return (x - mu) * jax.lax.rsqrt(var + 1e-5) * g
+
+    def rms(x, g):
+        return x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + 1e-5) * g
+
+    return Spec(
+        (x, g),
+        {
+            "ref": two_pass,
+            "one_pass": one_pass,
+            "library": lambda x, g: jax.nn.standardize(x, axis=-1, epsilon=1e-5) * g,
+            "rms_like": rms,
+        },
+    )
+
+
+def _conv(rng: np.random.Generator) -> Spec:
+    b, c, s = _pick(rng, [1, 4]), _pick(rng, [8, 16, 32]), _pick(rng, [16, 32, 64])
+    x = _arr(rng, (b, c, s, s))
+    k1, k2 = _arr(rng, (c, c, 3, 3)), _arr(rng, (c, c, 3, 3))
+
+    def conv(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME")
+
+    return Spec(
+        (x, k1, k2),
+        {
+            "ref": lambda x, k1, k2: conv(jax.nn.relu(conv(x, k1)), k2),
+            "scaled": lambda x, k1, k2: conv(jax.nn.relu(conv(x * 2.0, k1 * 0.5)), k2),
+            "near_sum": lambda x, k1, k2: conv(jax.nn.relu(conv(x, k1)), k2).sum(1),
+        },
+    )
+
+
+def _reduction(rng: np.random.Generator) -> Spec:
+    n, k, m = (_pick(rng, [64, 256, 1024]) for _ in range(3))
+    a, b = _arr(rng, (n, k)), _arr(rng, (k, m))
+    return Spec(
+        (a, b),
+        {
+            "ref": lambda a, b: (a @ b).sum(0),
+            "pushed": lambda a, b: a.sum(0) @ b,
+            "einsum": lambda a, b: jnp.einsum("nk,km->m", a, b),
+            "near_max": lambda a, b: (a @ b).max(0) + (a @ b).sum(0),
+        },
+    )
+
+
+def _elementwise(rng: np.random.Generator) -> Spec:
+    dt = _dtype(rng)
+    n = _pick(rng, [1 << 12, 1 << 15, 1 << 18, 1 << 20])
+    x, y = _arr(rng, (n,), dt), _arr(rng, (n,), dt)
+    return Spec(
+        (x, y),
+        {
+            "ref": lambda x, y: jnp.tanh(x * y + x) * jnp.exp(-y * y),
+            "factored": lambda x, y: jnp.tanh(x * (y + 1)) * jnp.exp(-y * y),
+            "sigmoid": lambda x, y: (2 * jax.nn.sigmoid(2 * x * (y + 1)) - 1) * jnp.exp(-y * y),
+            "near_sort": lambda x, y: jnp.tanh(x * y + x) * jnp.exp(-y * y) + jnp.sort(x)[0],
+        },
+    )
+
+
+def _recurrent(rng: np.random.Generator) -> Spec:
+    b, d = _pick(rng, [8, 32, 128]), _pick(rng, [64, 128, 256])
+    x, hid = _arr(rng, (b, d)), _arr(rng, (b, d))
+    wx, wh = _arr(rng, (d, 4 * d)), _arr(rng, (d, 4 * d))
+
+    def cell(gates, c):
+        i, f, g, o = jnp.split(gates, 4, -1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        return jax.nn.sigmoid(o) * jnp.tanh(c)
+
+    return Spec(
+        (x, hid, wx, wh),
+        {
+            "ref": lambda x, h, wx, wh: cell(x @ wx + h @ wh, h),
+            "concat": lambda x, h, wx, wh: cell(
+                jnp.concatenate([x, h], -1) @ jnp.concatenate([wx, wh], 0), h
+            ),
+            "near_two_steps": lambda x, h, wx, wh: cell(x @ wx + cell(x @ wx + h @ wh, h) @ wh, h),
+        },
+    )
+
+
+FAMILIES: dict[str, Callable[[np.random.Generator], Spec]] = {
+    "mlp": _mlp,
+    "attention": _attention,
+    "transformer": _transformer,
+    "xent": _xent,
+    "matrix_chain": _matrix_chain,
+    "normalization": _normalization,
+    "conv": _conv,
+    "reduction": _reduction,
+    "elementwise": _elementwise,
+    "recurrent": _recurrent,
+}
+
+
+# ------------------------------------------------------------------ variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One variant to measure: its id, program, callable and tile group (`""` if none)."""
+
+    variant_id: str
+    program: Program
+    fn: Callable[..., Any]
+    tile_group: str = ""
+
+
+def _retile(program: Program, tile: int) -> Program:
+    """`program` with every tile parameter of its fused ops set to `tile`."""
+    memo: dict[int, Node] = {}
+    for node in program.nodes():
+        args = tuple(memo[id(a)] for a in node.args)
+        params = node.params
+        keys = [k for k in TILE_PARAMS if k in params]
+        if keys:
+            params = params.replace(**{k: tile for k in keys})
+        if args == node.args and params is node.params:
+            memo[id(node)] = node
+        else:
+            memo[id(node)] = Node(node.op, args, Params(params), node.shape, node.dtype)
+    return Program(program.inputs, tuple(memo[id(o)] for o in program.outputs), program.consts)
+
+
+def _flat(fn: Callable[..., tuple[Any, ...]]) -> Callable[..., Any]:
+    return lambda *xs: fn(*xs)
+
+
+def program_variants(spec: Spec, program_id: str, limit: int = 32) -> list[Variant]:
+    """Every variant of a spec: the hand-written ones, the e-graph's, and tile variants."""
+    out: list[Variant] = []
+    seen: set[str] = set()
+
+    def add(vid: str, program: Program, tile_group: str = "") -> None:
+        key = program.canonical_key()
+        if key not in seen and len(out) < limit:
+            seen.add(key)
+            out.append(Variant(vid, program, _flat(to_callable(program)), tile_group))
+
+    for name, fn in spec.fns.items():
+        add(name, trace(fn, *spec.args).program)
+    reference = out[0].program
+    try:
+        from . import _search
+
+        variants = getattr(_search, "variants", None)
+        if variants is not None:
+            for i, var in enumerate(variants(reference, limit=limit)):
+                add(f"egraph{i}", getattr(var, "program", var))
+    except Exception:
+        pass  # the e-graph's variants are a bonus; the hand-written ones always exist
+    for name, build in spec.fused.items():
+        inputs = reference.inputs
+        for tile in spec.tiles:
+            prog = Program(inputs, build(inputs, tile), {})
+            add(f"{name}_t{tile}", prog, f"{program_id}/{name}")
+    return out
+
+
+# ------------------------------------------------------------------ store and collection
+
+
+def _connect(db_path: str | Path) -> sqlite3.Connection:
+    path = Path(db_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=60)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript(_SCHEMA)
+    return con
+
+
+def _blob(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a).tobytes()
+
+
+def _versions() -> str:
+    import equinox
+
+    return json.dumps({"jax": jax.__version__, "equinox": equinox.__version__})
+
+
+@dataclass(frozen=True)
+class CollectStats:
+    """What a `collect` call did, and how long the rest of the plan would take."""
+
+    programs_done: int
+    programs_total: int
+    variants_measured: int
+    seconds: float
+    seconds_per_program: float
+    estimated_remaining_s: float
+    errors: int
+
+
+def plan(
+    programs_per_family: int, families: Sequence[str] | None = None, seed: int = 0
+) -> list[tuple[str, str, int]]:
+    """The `(program_id, family, seed)` of every program a collection covers, in order
+    (interleaved over families, so a partial run covers every family)."""
+    names = list(FAMILIES) if families is None else list(families)
+    unknown = [f for f in names if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown corpus families {unknown}; known: {sorted(FAMILIES)}")
+    return [
+        (f"{name}-{seed}-{i}", name, seed * 1_000_003 + i * 7919 + k)
+        for i in range(programs_per_family)
+        for k, name in enumerate(names)
+    ]
+
+
+def collect(
+    db_path: str | Path,
+    *,
+    programs_per_family: int = 32,
+    families: Sequence[str] | None = None,
+    seed: int = 0,
+    budget_s: float = 0.3,
+    time_limit_s: float | None = None,
+    progress: bool = True,
+) -> CollectStats:
+    """Generate, measure and store programs and their variants (resumable).
+
+    **Arguments:**
+
+    - `db_path`: the SQLite store; programs already stored there are skipped.
+    - `programs_per_family`: programs generated per family.
+    - `families`: family names (default all of `FAMILIES`).
+    - `seed`: the generator seed (part of each program id).
+    - `budget_s`: timed seconds per program (all its variants, interleaved).
+    - `time_limit_s`: stop after about this many seconds (run again to resume).
+    - `progress`: show a rich progress bar with the time left.
+
+    **Returns:** `CollectStats`, including an estimate of the time the rest would take.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from costmodel.train import device_info
+
+    con = _connect(db_path)
+    todo = plan(programs_per_family, families, seed)
+    done = {r[0] for r in con.execute("SELECT program_id FROM programs")}
+    pending = [p for p in todo if p[0] not in done]
+    info, versions = device_info(), _versions()
+    start = time.perf_counter()
+    measured = errors = finished = 0
+    columns = ["{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("collecting", total=len(pending))
+        for program_id, family, prog_seed in pending:
+            if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
+                break
+            t0 = time.perf_counter()
+            try:
+                rows = _measure_program(program_id, family, prog_seed, budget_s, info, versions)
+                error = None
+            except Exception as err:  # a family that fails on a draw is recorded, not fatal
+                rows, error = [], f"{type(err).__name__}: {err}"
+                errors += 1
+            with con:
+                con.executemany(
+                    "INSERT OR REPLACE INTO variants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+                con.execute(
+                    "INSERT OR REPLACE INTO programs VALUES (?,?,?,?,?,?)",
+                    (program_id, family, prog_seed, len(rows), time.perf_counter() - t0, error),
+                )
+            measured += len(rows)
+            finished += 1
+            bar.update(task, advance=1, description=f"collecting {family}")
+    seconds = time.perf_counter() - start
+    per = seconds / max(finished, 1)
+    con.close()
+    return CollectStats(
+        len(done) + finished,
+        len(todo),
+        measured,
+        seconds,
+        per,
+        per * (len(pending) - finished),
+        errors,
+    )
+
+
+def _measure_program(
+    program_id: str,
+    family: str,
+    seed: int,
+    budget_s: float,
+    info: dict[str, str],
+    versions: str,
+) -> list[tuple[Any, ...]]:
+    spec = FAMILIES[family](np.random.default_rng(seed))
+    variants = program_variants(spec, program_id)
+    args = tuple(jnp.asarray(a) for a in spec.args)
+    timings = time_callables(
+        {v.variant_id: v.fn for v in variants},
+        args,
+        warmup=1,
+        min_rounds=3,
+        max_rounds=30,
+        budget_s=budget_s,
+    )
+    rows = []
+    for v in variants:
+        g: GraphArrays = featurize_program(v.program, xla_cost(v.program))
+        t = timings[v.variant_id]
+        rows.append((
+            program_id, v.variant_id, family, v.tile_group,
+            _blob(g.node_opcode.astype(np.int32)), _blob(g.node_feat.astype(np.float32)),
+            _blob(g.edge_index.astype(np.int32)), _blob(g.config_feat.astype(np.float32)),
+            _blob(g.xla_cost.astype(np.float32)),
+            t.median_s, t.p25_s, t.p75_s, t.spread, t.n,
+            info["backend"], info["device_kind"], versions,
+        ))  # fmt: skip
+    return rows
+
+
+def export(db_path: str | Path, out: str | Path | None = None) -> Dataset:
+    """The stored variants as a `costmodel.dataset.Dataset` (written to `out` if given)."""
+    from costmodel.features import NUM_CONFIG, NUM_FEATURES
+
+    con = _connect(db_path)
+    rows = con.execute(
+        "SELECT program_id, variant_id, family, tile_group, node_opcode, node_feat, "
+        "edge_index, config_feat, xla_cost, median_s, spread, backend, device_kind, versions "
+        "FROM variants ORDER BY program_id, variant_id"
+    ).fetchall()
+    con.close()
+    records = []
+    meta: dict[str, Any] = {}
+    for pid, vid, fam, tg, op, nf, ei, cf, xc, med, spread, backend, kind, versions in rows:
+        graph = GraphArrays(
+            np.frombuffer(op, np.int32),
+            np.frombuffer(nf, np.float32).reshape(-1, NUM_FEATURES),
+            np.frombuffer(ei, np.int32).reshape(-1, 2),
+            np.frombuffer(cf, np.float32).reshape(NUM_CONFIG),
+            np.frombuffer(xc, np.float32).reshape(3),
+        )
+        records.append(Record(fam, pid, vid, graph, float(med), float(spread), tg))
+        meta = {"backend": backend, "device_kind": kind, "versions": json.loads(versions)}
+    dataset = Dataset.from_records(records, meta)
+    if out is not None:
+        dataset.save(out)
+    return dataset
