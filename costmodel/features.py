@@ -11,7 +11,6 @@ For extraction from the e-graph, `featurize_signatures` turns many e-node signat
 params, operand types, output type) into rows at once.
 """
 
-# ruff: noqa: F722 (jaxtyping shape strings)
 from __future__ import annotations
 
 import math

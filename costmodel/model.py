@@ -11,7 +11,6 @@ Graphs are batched by concatenation into one padded graph whose node and edge co
 rounded up to a power of two, so each bucket compiles once.
 """
 
-# ruff: noqa: F722 (jaxtyping shape strings)
 from __future__ import annotations
 
 import abc

@@ -379,3 +379,52 @@ def load_checkpoint(path: str | Path, backend: str | None = None) -> LearnedCost
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The `model.json` of a checkpoint directory."""
     return json.loads((Path(path) / "model.json").read_text())
+
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def run_training(
+    dataset_path: str | Path,
+    out: str | Path | None = None,
+    *,
+    test_families: tuple[str, ...] | None = None,
+    config: TrainConfig = TrainConfig(),
+    time_limit_s: float | None = 25 * 60,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the learned model and fit the analytical baseline from a dataset file (what
+    `superopt train` runs).
+
+    **Arguments:**
+
+    - `dataset_path`: an `.npz` written by `superopt._corpus.export`.
+    - `out`: the checkpoint directory (default `costmodel/weights/<backend>`); the fitted
+      analytical model is written next to it as `analytical.json`.
+    - `test_families`: families held out (default `evaluate.DEFAULT_TEST_FAMILIES`).
+    - `config`: hyperparameters.
+    - `time_limit_s`: stop training after this long, keeping the best model.
+    - `progress`: show a progress bar.
+
+    **Returns:** the `TrainResult`.
+    """
+    from .analytical import AnalyticalCostModel
+    from .evaluate import DEFAULT_TEST_FAMILIES
+
+    dataset = Dataset.load(dataset_path)
+    held_out = DEFAULT_TEST_FAMILIES if test_families is None else tuple(test_families)
+    held_out = tuple(f for f in held_out if f in dataset.families())
+    backend = dataset.meta.get("backend") or device_info()["backend"]
+    out = WEIGHTS_DIR / backend if out is None else Path(out)
+    result = train(
+        dataset,
+        test_families=held_out,
+        config=config,
+        out=out,
+        progress=progress,
+        time_limit_s=time_limit_s,
+    )
+    fit_idx = np.concatenate([result.train_idx, result.val_idx])
+    analytical = AnalyticalCostModel().fit(dataset.graphs(fit_idx), dataset.runtime_s[fit_idx])
+    (Path(out) / "analytical.json").write_text(analytical.to_json())
+    return result

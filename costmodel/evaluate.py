@@ -1,0 +1,254 @@
+"""The paper's two tasks on held-out families, for several cost models side by side.
+
+- **Tile-size selection**: within each group of tile variants (one fused op of one program
+  at several tile sizes), Kendall's tau between predicted and measured runtimes, and the
+  slowdown of the tile the model picks against the truly fastest one.
+- **Fusion / rewrite selection**: over every variant of every program, the whole-program
+  runtime MAPE, and Kendall's tau within the variants of each program.
+
+`scatter_png` draws predicted vs measured runtime (log-log) with a tiny PNG writer, so no
+plotting library is needed.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import kendalltau
+
+from .dataset import Dataset
+from .model import AbstractCostModel
+
+DEFAULT_TEST_FAMILIES = ("attention", "normalization", "reduction")
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """One model's numbers on both tasks (NaN where the test set has no such group)."""
+
+    tile_tau: float
+    tile_slowdown: float
+    tile_groups: int
+    rewrite_mape: float
+    rewrite_tau: float
+    rewrite_groups: int
+
+
+def _mean(values: list[float]) -> float:
+    vals = [v for v in values if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _tau(pred: np.ndarray, true: np.ndarray) -> float:
+    if len(true) < 2 or np.ptp(true) == 0:
+        return float("nan")
+    if np.ptp(pred) == 0:
+        return 0.0
+    return float(kendalltau(pred, true).statistic)
+
+
+def task_metrics(dataset: Dataset, idx: np.ndarray, predicted_s: np.ndarray) -> TaskMetrics:
+    """Both tasks' metrics of predictions `predicted_s` for records `idx` of `dataset`."""
+    true = dataset.runtime_s[idx]
+    pred = np.asarray(predicted_s, np.float64)
+    tile_groups: dict[str, list[int]] = {}
+    rewrite_groups: dict[str, list[int]] = {}
+    for k, i in enumerate(idx):
+        if dataset.tile_group[i]:
+            tile_groups.setdefault(str(dataset.tile_group[i]), []).append(k)
+        rewrite_groups.setdefault(str(dataset.program_id[i]), []).append(k)
+    taus, slowdowns = [], []
+    for members in tile_groups.values():
+        m = np.asarray(members)
+        if len(m) < 2:
+            continue
+        taus.append(_tau(pred[m], true[m]))
+        slowdowns.append(true[m][np.argmin(pred[m])] / true[m].min() - 1.0)
+    rtaus = [_tau(pred[np.asarray(m)], true[np.asarray(m)]) for m in rewrite_groups.values()]
+    mape = float(np.mean(np.abs(pred - true) / true)) if len(true) else float("nan")
+    return TaskMetrics(
+        _mean(taus),
+        _mean(slowdowns),
+        len(taus),
+        mape,
+        _mean(rtaus),
+        sum(1 for m in rewrite_groups.values() if len(m) > 1),
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics per model, and the predictions behind them."""
+
+    metrics: dict[str, TaskMetrics]
+    predictions: dict[str, np.ndarray]
+    measured_s: np.ndarray
+    test_families: tuple[str, ...]
+
+    def table(self) -> str:
+        """A markdown table like the paper's."""
+        head = (
+            "| model | tile tau | tile slowdown | tile groups | rewrite MAPE | rewrite tau "
+            "| rewrite groups |\n|---|---|---|---|---|---|---|\n"
+        )
+        rows = [
+            f"| {name} | {m.tile_tau:.3f} | {100 * m.tile_slowdown:.1f}% | {m.tile_groups} | "
+            f"{100 * m.rewrite_mape:.1f}% | {m.rewrite_tau:.3f} | {m.rewrite_groups} |"
+            for name, m in self.metrics.items()
+        ]
+        return head + "\n".join(rows) + "\n"
+
+    def rich_table(self):
+        from rich.table import Table
+
+        table = Table(title=f"held-out families: {', '.join(self.test_families)}")
+        for col in ["model", "tile τ", "tile slowdown", "tile groups", "rewrite MAPE",
+                    "rewrite τ", "rewrite groups"]:  # fmt: skip
+            table.add_column(col)
+        for name, m in self.metrics.items():
+            table.add_row(
+                name,
+                f"{m.tile_tau:.3f}",
+                f"{100 * m.tile_slowdown:.1f}%",
+                str(m.tile_groups),
+                f"{100 * m.rewrite_mape:.1f}%",
+                f"{m.rewrite_tau:.3f}",
+                str(m.rewrite_groups),
+            )
+        return table
+
+
+def evaluate(
+    dataset: Dataset,
+    models: Mapping[str, AbstractCostModel],
+    test_idx: np.ndarray | Sequence[int],
+    test_families: tuple[str, ...] = (),
+    png: str | Path | None = None,
+) -> Evaluation:
+    """Score the test records with every model and compute both tasks' metrics.
+
+    **Arguments:**
+
+    - `dataset`: the measured variants.
+    - `models`: name → cost model (e.g. `{"learned": ..., "analytical": ...}`).
+    - `test_idx`: the held-out records (whole families: see `split_by_family`).
+    - `test_families`: their names, for the table's title.
+    - `png`: where to write the predicted-vs-measured scatter, or `None`.
+
+    **Returns:** an `Evaluation` (`.table()` gives the markdown table).
+    """
+    idx = np.asarray(test_idx, np.int64)
+    graphs = dataset.graphs(idx)
+    predictions = {name: np.asarray(m.score_programs(graphs)) for name, m in models.items()}
+    metrics = {name: task_metrics(dataset, idx, p) for name, p in predictions.items()}
+    result = Evaluation(metrics, predictions, dataset.runtime_s[idx], tuple(test_families))
+    if png is not None:
+        scatter_png(png, result.measured_s, predictions)
+    return result
+
+
+# ------------------------------------------------------------------ a tiny PNG writer
+
+_COLORS = [(220, 50, 47), (38, 139, 210), (133, 153, 0), (211, 54, 130)]
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(np.uint8).tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        body = tag + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def scatter_png(
+    path: str | Path, measured_s: np.ndarray, predictions: Mapping[str, np.ndarray], size: int = 480
+) -> Path:
+    """Write a log-log scatter of predicted vs measured seconds, one colour per model
+    (in the order given: red, blue, green, magenta), with the diagonal in grey."""
+    img = np.full((size, size, 3), 255, np.uint8)
+    values = [np.asarray(measured_s)] + [np.asarray(p) for p in predictions.values()]
+    logs = np.log10(np.maximum(np.concatenate(values), 1e-12))
+    lo, hi = float(logs.min()) - 0.1, float(logs.max()) + 0.1
+    margin = 20
+
+    def to_px(v: np.ndarray) -> np.ndarray:
+        frac = (np.log10(np.maximum(v, 1e-12)) - lo) / max(hi - lo, 1e-9)
+        return (margin + frac * (size - 2 * margin)).astype(int)
+
+    diag = np.arange(margin, size - margin)
+    img[size - 1 - diag, diag] = (160, 160, 160)
+    img[size - margin, margin : size - margin] = 0
+    img[margin : size - margin, margin] = 0
+    x = to_px(np.asarray(measured_s))
+    for color, pred in zip(_COLORS, predictions.values()):
+        y = size - 1 - to_px(np.asarray(pred))
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                img[np.clip(y + dy, 0, size - 1), np.clip(x + dx, 0, size - 1)] = color
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_png_bytes(img))
+    return path
+
+
+def run_evaluation(
+    dataset_path: str | Path,
+    weights: str | Path | None = None,
+    *,
+    png: str | Path | None = None,
+    print_table: bool = True,
+) -> Evaluation:
+    """Evaluate the learned and analytical models on the held-out families of a dataset
+    (what `superopt evaluate` runs): the families recorded in the checkpoint's metadata.
+
+    **Arguments:**
+
+    - `dataset_path`: the `.npz` dataset.
+    - `weights`: the checkpoint directory (default `costmodel/weights/<backend>`).
+    - `png`: where to write the scatter plot, or `None`.
+    - `print_table`: print the rich table.
+
+    **Returns:** the `Evaluation`.
+    """
+    from .analytical import AnalyticalCostModel
+    from .dataset import split_by_family
+    from .train import WEIGHTS_DIR, load_checkpoint, read_metadata
+
+    dataset = Dataset.load(dataset_path)
+    weights = WEIGHTS_DIR / dataset.meta.get("backend", "cpu") if weights is None else weights
+    learned = load_checkpoint(weights)
+    meta = read_metadata(weights)
+    test_families = tuple(meta.get("test_families") or DEFAULT_TEST_FAMILIES)
+    train_idx, val_idx, test_idx = split_by_family(dataset, test_families)
+    analytical_path = Path(weights) / "analytical.json"
+    if analytical_path.exists():
+        analytical = AnalyticalCostModel.from_json(analytical_path.read_text())
+    else:
+        fit_idx = np.concatenate([train_idx, val_idx])
+        analytical = AnalyticalCostModel().fit(dataset.graphs(fit_idx), dataset.runtime_s[fit_idx])
+    result = evaluate(
+        dataset,
+        {"learned": learned, "analytical": analytical},
+        test_idx,
+        test_families,
+        png,
+    )
+    if print_table:
+        from rich.console import Console
+
+        Console().print(result.rich_table())
+    return result
