@@ -19,6 +19,8 @@ from ._measure import speedup as speedup
 from ._measure import time_callables as time_callables
 from ._trace import Traced as Traced
 from ._trace import trace as trace
+from ._variants import Variant as Variant
+from ._variants import variants as variants
 from ._verify import Check as Check
 from ._verify import Verdict as Verdict
 from ._verify import verify as verify
