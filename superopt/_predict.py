@@ -1,0 +1,138 @@
+"""`superopt.predict_runtime`: a cost model's runtime prediction for a function call."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from ._trace import trace
+
+# costmodel imports superopt.ir, so it is imported lazily here: importing superopt must
+# not import costmodel (that would be circular when costmodel is imported first).
+
+_MODEL_MSG = (
+    "model must be 'learned', 'analytical' or a costmodel.AbstractCostModel instance, "
+    "got {model!r}; e.g. `superopt.predict_runtime(fn, x, model='analytical')`"
+)
+
+
+class RuntimePrediction(float):
+    """Predicted seconds (a `float`), with the model that made the prediction and a note
+    (for instance why the learned model was not used)."""
+
+    model: str
+    note: str
+
+    def __new__(cls, seconds: float, model: str, note: str = "") -> RuntimePrediction:
+        self = super().__new__(cls, seconds)
+        self.model = model
+        self.note = note
+        return self
+
+    def __repr__(self) -> str:
+        extra = f", note={self.note!r}" if self.note else ""
+        return f"RuntimePrediction({float(self)!r} s, model={self.model!r}{extra})"
+
+
+@functools.lru_cache(maxsize=8)
+def _learned(path: str, backend: str) -> Any:
+    from costmodel.train import load_checkpoint
+
+    return load_checkpoint(path, backend)
+
+
+@functools.lru_cache(maxsize=8)
+def _analytical(path: str) -> Any:
+    from costmodel.analytical import AnalyticalCostModel
+
+    fitted = Path(path) / "analytical.json"
+    if fitted.exists():
+        try:
+            return AnalyticalCostModel.from_json(fitted.read_text())
+        except (ValueError, KeyError, TypeError):
+            pass  # an unreadable fit falls back to the calibrated, unfitted roofline
+    return AnalyticalCostModel()
+
+
+def default_weights() -> Path:
+    """The shipped weights directory of the default backend."""
+    from costmodel.train import WEIGHTS_DIR
+
+    return WEIGHTS_DIR / jax.default_backend()
+
+
+def resolve_model(
+    model: Any = "learned",
+    weights: str | Path | None = None,
+    fallback: bool = False,
+) -> tuple[Any, str, str]:
+    """The cost model named by `model`: `(model, its name, a note)`.
+
+    **Arguments:**
+
+    - `model`: `"learned"`, `"analytical"` or a model object.
+    - `weights`: a checkpoint directory (default the shipped weights for this backend).
+    - `fallback`: on missing, corrupt or wrong-backend learned weights, use the analytical
+      model and say so in the note, instead of raising `WeightsError`.
+
+    **Returns:** `(a costmodel.AbstractCostModel, its name, a note)`.
+    """
+    from costmodel.model import AbstractCostModel
+    from costmodel.train import WeightsError
+
+    path = Path(weights) if weights is not None else default_weights()
+    if isinstance(model, AbstractCostModel):
+        return model, type(model).__name__, ""
+    if model == "analytical":
+        return _analytical(str(path)), "analytical", ""
+    if model != "learned":
+        raise ValueError(_MODEL_MSG.format(model=model))
+    try:
+        return _learned(str(path), jax.default_backend()), "learned", ""
+    except WeightsError as err:
+        if not fallback:
+            raise
+        return _analytical(str(path)), "analytical", f"learned model unavailable: {err}"
+
+
+def predict_runtime(
+    fn: Callable[..., Any],
+    *args: Any,
+    model: Any = "learned",
+    static_argnums: int | Sequence[int] = (),
+    weights: str | Path | None = None,
+    fallback: bool = False,
+) -> RuntimePrediction:
+    """Predict how long `jax.jit(fn)(*args)` takes on this machine, without running it.
+
+    ```python
+    seconds = superopt.predict_runtime(f, x, w)                       # learned model
+    seconds = superopt.predict_runtime(f, x, w, model="analytical")   # roofline baseline
+    ```
+
+    **Arguments:**
+
+    - `fn`: the function (plain or jitted).
+    - `*args`: example arguments (only their shapes and dtypes matter).
+    - `model`: `"learned"` (shipped weights for this backend), `"analytical"`, or a
+      `costmodel.AbstractCostModel`.
+    - `static_argnums`: positions of non-array arguments.
+    - `weights`: a checkpoint directory to use instead of the shipped weights.
+    - `fallback`: if the learned weights are missing, corrupt or for another backend,
+      predict with the analytical model (the result's `.note` says why) instead of
+      raising `WeightsError`.
+
+    **Returns:** a `RuntimePrediction`: the seconds as a float, with `.model` and `.note`.
+    """
+    from costmodel.analytical import xla_cost
+    from costmodel.features import featurize_program
+
+    cost_model, name, note = resolve_model(model, weights, fallback)
+    program = trace(fn, *args, static_argnums=static_argnums).program
+    graph = featurize_program(program, xla_cost(program))
+    seconds = float(cost_model.score_programs([graph])[0])
+    return RuntimePrediction(seconds, name, note)
