@@ -1,0 +1,29 @@
+"""costmodel: features, the learned graph model, its training, the analytical baseline,
+datasets and evaluation. Imports `superopt.ir` only."""
+
+from .analytical import AnalyticalCostModel as AnalyticalCostModel
+from .analytical import Calibration as Calibration
+from .analytical import calibrate as calibrate
+from .analytical import xla_cost as xla_cost
+from .dataset import Dataset as Dataset
+from .dataset import DatasetError as DatasetError
+from .dataset import Record as Record
+from .dataset import split_by_family as split_by_family
+from .evaluate import Evaluation as Evaluation
+from .evaluate import TaskMetrics as TaskMetrics
+from .evaluate import evaluate as evaluate
+from .evaluate import run_evaluation as run_evaluation
+from .features import GraphArrays as GraphArrays
+from .features import NodeSignature as NodeSignature
+from .features import featurize_program as featurize_program
+from .features import featurize_signatures as featurize_signatures
+from .model import AbstractCostModel as AbstractCostModel
+from .model import GraphModel as GraphModel
+from .model import LearnedCostModel as LearnedCostModel
+from .train import TrainConfig as TrainConfig
+from .train import TrainResult as TrainResult
+from .train import WeightsError as WeightsError
+from .train import load_checkpoint as load_checkpoint
+from .train import run_training as run_training
+from .train import save_checkpoint as save_checkpoint
+from .train import train as train
