@@ -17,6 +17,8 @@ from ._errors import VerificationError as VerificationError
 from ._measure import Timing as Timing
 from ._measure import speedup as speedup
 from ._measure import time_callables as time_callables
+from ._predict import RuntimePrediction as RuntimePrediction
+from ._predict import predict_runtime as predict_runtime
 from ._trace import Traced as Traced
 from ._trace import trace as trace
 from ._variants import Variant as Variant
