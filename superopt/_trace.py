@@ -236,7 +236,11 @@ def trace(
     leaves, in_tree = jax.tree_util.tree_flatten(dynamic)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(dynamic)[0]]
     for path, leaf in zip(paths, leaves):
-        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, bool, complex)):
+        # ShapeDtypeStructs trace abstractly: huge shapes without allocating them.
+        if not isinstance(
+            leaf,
+            (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic, int, float, bool, complex),
+        ):
             raise TraceError(_NOT_ARRAY_MSG.format(path=path or "0", kind=type(leaf).__name__))
     out_tree_box: list[Any] = []
 

@@ -28,7 +28,7 @@ import numpy as np
 from hypothesis import strategies as hst
 from jax import lax
 
-__all__ = ["ProgramCase", "arrays_for", "check_equivalent", "programs", "tolerances"]
+__all__ = ["SUPPORTED_OPS", "ProgramCase", "arrays_for", "check_equivalent", "programs"]
 
 
 # ---------------------------------------------------------------- random inputs
@@ -75,77 +75,13 @@ def _spec_of(x: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
 
 
-# ---------------------------------------------------------------- tolerances
-
-
-def tolerances(dtype: Any) -> tuple[float, float]:
-    """`(rtol, atol)` for comparing two computations of one value in `dtype`.
-
-    The bounds allow for reassociated sums and fused ops, not for a different result.
-    """
-    dtype = np.dtype(dtype)
-    if dtype in (np.dtype(np.float64), np.dtype(np.complex128)):
-        return 1e-9, 1e-10
-    if (dtype.itemsize <= 2 and np.issubdtype(dtype, np.inexact)) or dtype.name == "bfloat16":
-        return 3e-2, 3e-2
-    if np.issubdtype(dtype, np.inexact):
-        return 2e-4, 2e-5
-    return 0.0, 0.0
-
-
-@dataclass(frozen=True)
-class _Mismatch:
-    where: str
-    index: tuple[int, ...]
-    actual: Any
-    expected: Any
-    ratio: float  # |actual - expected| / (atol + rtol * |expected|); > 1 fails
-
-
-def _compare(actual: Any, expected: Any, where: str, rtol: float | None, atol: float | None):
-    """The worst mismatch between two pytrees (or `None` if they agree)."""
-    ta, te = jax.tree_util.tree_structure(actual), jax.tree_util.tree_structure(expected)
-    if ta != te:
-        return _Mismatch(f"{where}: structure {ta} vs {te}", (), None, None, math.inf)
-    worst: _Mismatch | None = None
-    for path, a, e in zip(
-        (jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(expected)),
-        jax.tree_util.tree_leaves(actual),
-        jax.tree_util.tree_leaves(expected),
-    ):
-        a, e = np.asarray(a), np.asarray(e)
-        name = f"{where}{path}"
-        if a.shape != e.shape or a.dtype != e.dtype:
-            detail = f"{name}: {a.dtype}{list(a.shape)} vs {e.dtype}{list(e.shape)}"
-            return _Mismatch(detail, (), None, None, math.inf)
-        if a.size == 0:
-            continue
-        r, t = tolerances(e.dtype)
-        r, t = (r if rtol is None else rtol), (t if atol is None else atol)
-        a64 = a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
-        e64 = e.astype(a64.dtype)
-        err = np.abs(a64 - e64)
-        both_nan = np.isnan(a64) & np.isnan(e64)
-        same_inf = np.isinf(e64) & (a64 == e64)
-        err = np.where(both_nan | same_inf, 0.0, err)
-        err = np.where(np.isnan(err), np.inf, err)
-        ratio = err / (t + r * np.abs(np.where(np.isfinite(e64), e64, 0.0)))
-        ratio = np.where(err == 0, 0.0, ratio)
-        k = int(np.argmax(ratio))
-        index = np.unravel_index(k, a.shape) if a.ndim else ()
-        mism = _Mismatch(name, tuple(int(i) for i in index), a64.flat[k], e64.flat[k],
-                         float(ratio.flat[k]))  # fmt: skip
-        if worst is None or mism.ratio > worst.ratio:
-            worst = mism
-    return worst
-
-
 # ---------------------------------------------------------------- check_equivalent
 
 
-def _flat_grad(fn: Callable[..., Any], args: tuple[Any, ...]):
-    """Gradient of a fixed, unevenly weighted scalar loss of `fn`'s float outputs,
-    with respect to every inexact leaf of `args`."""
+def _flat_grad(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[jax.Array]:
+    """Gradient of a fixed, unevenly weighted scalar loss of `fn`'s float outputs with
+    respect to every inexact leaf of `args` (uneven weights keep a permuted or mis-summed
+    result from passing)."""
     leaves, tree = jax.tree_util.tree_flatten(args)
     wrt = [i for i, x in enumerate(leaves) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
 
@@ -179,60 +115,53 @@ def check_equivalent(
     """Check that `g` computes what `f` computes, on random inputs.
 
     For each of `num_random` seeds, draws inputs for `arg_specs` with `arrays_for`,
-    runs both functions and compares every output leaf with dtype-aware tolerances
-    (see `tolerances`), and with `grad=True` also the gradients of a fixed scalar loss
-    of the outputs with respect to every floating-point input.
+    and compares the outputs of both functions with `superopt.verify` (dtype-aware
+    tolerances; NaN and infinity positions must agree); with `grad=True` it compares
+    the gradients of a fixed scalar loss of the outputs with respect to every
+    floating-point input too.
 
     **Arguments:**
 
     - `f`: the reference function.
     - `g`: the function that should be equivalent to it (same signature).
-    - `*arg_specs`: one spec per positional argument: a `jax.ShapeDtypeStruct`, a
-      concrete array (its shape and dtype are used; it is also checked as given), or a
-      pytree of those.
+    - `*arg_specs`: one per positional argument: a `jax.ShapeDtypeStruct`, a concrete
+      array (checked as given, then its shape and dtype are used), or a pytree of those.
     - `num_random`: how many random inputs to try.
     - `grad`: whether gradients must match too.
     - `seed`: the first random seed.
-    - `rtol`, `atol`: override the dtype-aware tolerances.
+    - `rtol`, `atol`: override `superopt.verify`'s dtype-aware tolerances.
 
-    **Returns:** nothing; raises `AssertionError` naming the worst mismatch (output
-    leaf, element index, both values) and the seed that shows it.
+    **Returns:** nothing; raises `AssertionError` naming the inputs, the output leaf and
+    element of the worst mismatch, and both values.
     """
-    concrete = all(
-        isinstance(x, (jax.Array, np.ndarray, np.generic))
-        for x in jax.tree_util.tree_leaves(arg_specs)
-    )
+    from ._verify import verify  # verify imports the tracing stack; only load it here
+
+    leaves = jax.tree_util.tree_leaves(arg_specs)
     trials: list[tuple[str, tuple[Any, ...]]] = []
-    if concrete and arg_specs:
+    if leaves and all(isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves):
         trials.append(("the arguments given", tuple(arg_specs)))
     specs = jax.tree_util.tree_map(
         _spec_of, arg_specs, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct)
     )
     for k in range(num_random):
         trials.append((f"random inputs (seed {seed + k})", arrays_for(specs, seed + k)))
+    pairs = [("outputs", f, g)]
+    if grad:
+        pairs.append(("gradients", lambda *a: _flat_grad(f, a), lambda *a: _flat_grad(g, a)))
     for label, args in trials:
-        checks = [("output", f, g)]
-        if grad:
-            checks.append(("gradient", lambda *a: _flat_grad(f, a), lambda *a: _flat_grad(g, a)))
-        for what, ref_fn, cand_fn in checks:
-            expected, actual = ref_fn(*args), cand_fn(*args)
-            worst = _compare(actual, expected, what, rtol, atol)
-            if worst is not None and worst.ratio > 1.0:
-                raise AssertionError(_mismatch_message(worst, label, f, g))
+        for what, ref_fn, cand_fn in pairs:
+            verdict = verify(ref_fn, cand_fn, *args, num_random=0, rtol=rtol, atol=atol)
+            if not verdict.ok:
+                check = verdict.checks[-1]
+                detail = check.message.removeprefix(f"On {check.inputs}, ")
+                raise AssertionError(
+                    f"the {what} of {_fn_name(g)} differ from those of {_fn_name(f)} on "
+                    f"{label}, at {check.where}: {detail}"
+                )
 
 
 def _fn_name(fn: Any) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
-
-
-def _mismatch_message(m: _Mismatch, label: str, f: Any, g: Any) -> str:
-    head = f"{_fn_name(g)} differs from {_fn_name(f)} on {label}"
-    if m.actual is None:
-        return f"{head}: {m.where}"
-    return (
-        f"{head}: worst mismatch at {m.where}[{', '.join(map(str, m.index))}]: "
-        f"got {m.actual}, expected {m.expected} ({m.ratio:.3g}× the tolerance)"
-    )
 
 
 # ---------------------------------------------------------------- program generation
@@ -332,6 +261,11 @@ class _Builder:
             idx -= w
         return options[-1]
 
+    def need(self, pred: Callable[[_Value], bool], rank: int) -> _Value:
+        """A value that satisfies `pred`, or a new input of rank `rank` if none does."""
+        v = self.pick(pred)
+        return v if v is not None else self.new_input(self.shape(rank), self.dtypes[0])
+
     def partner(self, x: _Value, shape: tuple[int, ...] | None = None) -> tuple[_Value | None, Any]:
         """An operand of `shape` (default `x`'s) and `x`'s dtype: a value, a new input,
         or a closed-over constant (returned as a numpy array)."""
@@ -341,7 +275,7 @@ class _Builder:
             v = self.pick(lambda v: v.shape == shape and v.dtype == x.dtype and v is not x)
             if v is not None:
                 return v, None
-        if kind == "const":
+        if kind == "const" and shape:  # a closed-over scalar would trace as a literal
             return None, self.rng.uniform(-1.5, 1.5, shape).astype(x.dtype)
         return self.new_input(shape, x.dtype), None
 
@@ -405,15 +339,14 @@ _BINARY: dict[str, tuple[str, Callable[[Any, Any], Any], Callable[[float, float]
 _COMPARE = {"lt": lax.lt, "le": lax.le, "gt": lax.gt, "ge": lax.ge, "eq": lax.eq, "ne": lax.ne}
 
 
-def _gen_unary(b: _Builder, name: str) -> bool:
+def _gen_unary(b: _Builder, name: str) -> None:
     template, fn, bound, limit = _UNARY[name]
     x = b.tame(b.pick(), limit)
     b.emit(template.format(x=f"v{x.id}"), x.shape, x.dtype, bound(x.bound),
            lambda env: fn(env[x.id]), [name])  # fmt: skip
-    return True
 
 
-def _gen_binary(b: _Builder, name: str) -> bool:
+def _gen_binary(b: _Builder, name: str) -> None:
     template, fn, bound, limit = _BINARY[name]
     x = b.tame(b.pick(), limit)
     if b.draw(hst.booleans()) and name not in ("atan2", "rem"):
@@ -421,7 +354,7 @@ def _gen_binary(b: _Builder, name: str) -> bool:
         c = b.draw(hst.sampled_from([0.5, 2.0, -1.5, 3.0]))
         b.emit(template.format(x=f"v{x.id}", y=repr(c)), x.shape, x.dtype, bound(x.bound, abs(c)),
                lambda env: fn(env[x.id], np.asarray(c, x.dtype)), [name, "literal"])  # fmt: skip
-        return True
+        return
     y, const = b.partner(x)
     if y is not None:
         y = b.tame(y, limit)
@@ -429,10 +362,9 @@ def _gen_binary(b: _Builder, name: str) -> bool:
     ops = [name] if y is not None else [name, "const"]
     b.emit(template.format(x=f"v{x.id}", y=_name(y, const)), x.shape, x.dtype, bound(x.bound, yb),
            lambda env: fn(env[x.id], _operand(env, y, const)), ops)  # fmt: skip
-    return True
 
 
-def _gen_integer_pow(b: _Builder) -> bool:
+def _gen_integer_pow(b: _Builder) -> None:
     p = b.draw(hst.sampled_from([2, 3, -2]))
     x = b.tame(b.pick(), 4.0)
     if p < 0:
@@ -441,10 +373,9 @@ def _gen_integer_pow(b: _Builder) -> bool:
     else:
         b.emit(f"v{x.id} ** {p}", x.shape, x.dtype, x.bound**p,
                lambda env: lax.integer_pow(env[x.id], p), ["integer_pow"])  # fmt: skip
-    return True
 
 
-def _gen_select_n(b: _Builder) -> bool:
+def _gen_select_n(b: _Builder) -> None:
     x = b.pick()
     cmp = b.draw(hst.sampled_from(sorted(_COMPARE)))
     y, const = b.partner(x)
@@ -466,21 +397,17 @@ def _gen_select_n(b: _Builder) -> bool:
     ops = {"": [], "and": ["and", "gt"], "or": ["or", "is_finite"], "not": ["not"]}[combine]
     b.emit(f"select({text})", x.shape, x.dtype, max(x.bound, other.bound), apply,
            ["select_n", cmp, "neg", *ops])  # fmt: skip
-    return True
 
 
-def _gen_clamp(b: _Builder) -> bool:
+def _gen_clamp(b: _Builder) -> None:
     x = b.pick()
     b.emit(f"clamp(-1.0, v{x.id}, 1.5)", x.shape, x.dtype, 1.5,
            lambda env: lax.clamp(np.asarray(-1.0, x.dtype), env[x.id], np.asarray(1.5, x.dtype)),
            ["clamp"])  # fmt: skip
-    return True
 
 
-def _gen_dot_general(b: _Builder) -> bool:
-    x = b.tame(b.pick(lambda v: v.ndim >= 1), 4.0) if b.pick(lambda v: v.ndim >= 1) else None
-    if x is None:
-        return False
+def _gen_dot_general(b: _Builder) -> None:
+    x = b.tame(b.need(lambda v: v.ndim >= 1, 2), 4.0)
     axes = list(range(x.ndim))
     n_contract = b.draw(hst.integers(1, min(2, x.ndim)))
     contract = b.draw(hst.permutations(axes))[:n_contract]
@@ -509,17 +436,14 @@ def _gen_dot_general(b: _Builder) -> bool:
     b.emit(f"dot_general(v{x.id}, {_name(y, const)}, {dims})", out, x.dtype, x.bound * yb * k,
            lambda env: lax.dot_general(env[x.id], _operand(env, y, const), dims),
            ["dot_general"] + ([] if y is not None else ["const"]))  # fmt: skip
-    return True
 
 
 _REDUCE = {"reduce_sum": lax.reduce_sum, "reduce_max": lax.reduce_max,
            "reduce_min": lax.reduce_min, "reduce_prod": lax.reduce_prod}  # fmt: skip
 
 
-def _gen_reduce(b: _Builder, name: str) -> bool:
-    x = b.pick(lambda v: v.ndim >= 1)
-    if x is None:
-        return False
+def _gen_reduce(b: _Builder, name: str) -> None:
+    x = b.need(lambda v: v.ndim >= 1, 2)
     if name == "reduce_prod":
         x = b.tame(x, 1.0)
     axes = tuple(sorted(b.draw(hst.sets(hst.integers(0, x.ndim - 1), min_size=1))))
@@ -528,26 +452,20 @@ def _gen_reduce(b: _Builder, name: str) -> bool:
     bound = x.bound * n if name == "reduce_sum" else x.bound
     b.emit(f"{name}(v{x.id}, {axes})", out, x.dtype, bound,
            lambda env: _REDUCE[name](env[x.id], axes), [name])  # fmt: skip
-    return True
 
 
-def _gen_argmax(b: _Builder, name: str) -> bool:
-    x = b.pick(lambda v: v.ndim >= 1)
-    if x is None:
-        return False
+def _gen_argmax(b: _Builder, name: str) -> None:
+    x = b.need(lambda v: v.ndim >= 1, 2)
     axis = b.draw(hst.integers(0, x.ndim - 1))
     fn = lax.argmax if name == "argmax" else lax.argmin
     out = tuple(d for i, d in enumerate(x.shape) if i != axis)
     b.emit(f"float({name}(v{x.id}, {axis}))", out, x.dtype, x.shape[axis],
            lambda env: lax.convert_element_type(fn(env[x.id], axis, np.int32), x.dtype),
            [name, "convert_element_type"])  # fmt: skip
-    return True
 
 
-def _gen_broadcast_in_dim(b: _Builder) -> bool:
-    x = b.pick(lambda v: v.ndim < b.max_rank)
-    if x is None:
-        return False
+def _gen_broadcast_in_dim(b: _Builder) -> None:
+    x = b.need(lambda v: v.ndim < b.max_rank, 1)
     pos = b.draw(hst.integers(0, x.ndim))
     new = b.draw(hst.integers(1, b.max_dim))
     shape = list(x.shape)
@@ -558,7 +476,6 @@ def _gen_broadcast_in_dim(b: _Builder) -> bool:
     b.emit(f"broadcast_in_dim(v{x.id}, {tuple(shape)}, {dims})", shape, x.dtype, x.bound,
            lambda env: lax.broadcast_in_dim(env[x.id], tuple(shape), dims),
            ["broadcast_in_dim"])  # fmt: skip
-    return True
 
 
 def _reshapes(size: int, max_rank: int) -> list[tuple[int, ...]]:
@@ -573,30 +490,22 @@ def _reshapes(size: int, max_rank: int) -> list[tuple[int, ...]]:
     return sorted(out)
 
 
-def _gen_reshape(b: _Builder) -> bool:
-    x = b.pick(lambda v: v.ndim >= 1)
-    if x is None:
-        return False
+def _gen_reshape(b: _Builder) -> None:
+    x = b.need(lambda v: v.ndim >= 1, 2)
     shape = b.draw(hst.sampled_from(_reshapes(math.prod(x.shape), b.max_rank)))
     b.emit(f"reshape(v{x.id}, {shape})", shape, x.dtype, x.bound,
            lambda env: lax.reshape(env[x.id], shape), ["reshape"])  # fmt: skip
-    return True
 
 
-def _gen_transpose(b: _Builder) -> bool:
-    x = b.pick(lambda v: v.ndim >= 2)
-    if x is None:
-        return False
+def _gen_transpose(b: _Builder) -> None:
+    x = b.need(lambda v: v.ndim >= 2, b.max_rank)
     perm = tuple(b.draw(hst.permutations(range(x.ndim))))
     b.emit(f"transpose(v{x.id}, {perm})", [x.shape[i] for i in perm], x.dtype, x.bound,
            lambda env: lax.transpose(env[x.id], perm), ["transpose"])  # fmt: skip
-    return True
 
 
-def _gen_squeeze(b: _Builder) -> bool:
-    x = b.pick(lambda v: v.ndim < b.max_rank)
-    if x is None:
-        return False
+def _gen_squeeze(b: _Builder) -> None:
+    x = b.need(lambda v: v.ndim < b.max_rank, 1)
     pos = b.draw(hst.integers(0, x.ndim))
     shape = (*x.shape[:pos], 1, *x.shape[pos:])
     e = b.emit(f"expand_dims(v{x.id}, {pos})", shape, x.dtype, x.bound,
@@ -606,13 +515,10 @@ def _gen_squeeze(b: _Builder) -> bool:
            lambda env: lax.squeeze(lax.exp(-env[y.id] * env[y.id]), (pos,)),
            ["squeeze", "exp", "mul", "neg"])  # fmt: skip
     del e
-    return True
 
 
-def _gen_concatenate(b: _Builder) -> bool:
-    x = b.pick(lambda v: v.ndim >= 1)
-    if x is None:
-        return False
+def _gen_concatenate(b: _Builder) -> None:
+    x = b.need(lambda v: v.ndim >= 1, 2)
     axis = b.draw(hst.integers(0, x.ndim - 1))
     size = b.draw(hst.integers(1, b.max_dim))
     shape = (*x.shape[:axis], size, *x.shape[axis + 1 :])
@@ -622,13 +528,10 @@ def _gen_concatenate(b: _Builder) -> bool:
            max(x.bound, 2.0 if y is None else y.bound),
            lambda env: lax.concatenate([env[x.id], _operand(env, y, const)], axis),
            ["concatenate"])  # fmt: skip
-    return True
 
 
-def _gen_slice(b: _Builder) -> bool:
-    x = b.pick(lambda v: v.ndim >= 1)
-    if x is None:
-        return False
+def _gen_slice(b: _Builder) -> None:
+    x = b.need(lambda v: v.ndim >= 1, 2)
     start, limit, strides = [], [], []
     for d in x.shape:
         s = b.draw(hst.integers(0, d - 1))
@@ -639,13 +542,10 @@ def _gen_slice(b: _Builder) -> bool:
     out = tuple(-(-(lim - s) // st) for s, lim, st in zip(start, limit, strides))
     b.emit(f"slice(v{x.id}, {start_t}, {limit_t}, {strides_t})", out, x.dtype, x.bound,
            lambda env: lax.slice(env[x.id], start_t, limit_t, strides_t), ["slice"])  # fmt: skip
-    return True
 
 
-def _gen_dynamic_slice(b: _Builder) -> bool:
-    x = b.pick(lambda v: v.ndim >= 1)
-    if x is None:
-        return False
+def _gen_dynamic_slice(b: _Builder) -> None:
+    x = b.need(lambda v: v.ndim >= 1, 2)
     sizes = tuple(b.draw(hst.integers(1, d)) for d in x.shape)
     starts = [b.draw(hst.integers(0, d)) for d in x.shape]  # out of range is clamped
     # One start index may be computed from the data (an argmax), the rest are literals.
@@ -661,13 +561,10 @@ def _gen_dynamic_slice(b: _Builder) -> bool:
     shown = [f"argmax(v{x.id})" if i == dyn else str(s) for i, s in enumerate(starts)]
     b.emit(f"dynamic_slice(v{x.id}, [{', '.join(shown)}], {sizes})", sizes, x.dtype, x.bound,
            apply, ["dynamic_slice"] + (["argmax", "reshape"] if dyn is not None else []))  # fmt: skip
-    return True
 
 
-def _gen_gather(b: _Builder) -> bool:
-    x = b.pick(lambda v: v.ndim >= 1)
-    if x is None:
-        return False
+def _gen_gather(b: _Builder) -> None:
+    x = b.need(lambda v: v.ndim >= 1, 2)
     axis = b.draw(hst.integers(0, x.ndim - 1))
     d = x.shape[axis]
     n = b.draw(hst.integers(1, 4))
@@ -677,10 +574,9 @@ def _gen_gather(b: _Builder) -> bool:
     out = (*x.shape[:axis], n, *x.shape[axis + 1 :])
     b.emit(f"v{x.id}[{', '.join([':'] * axis + [str(idx.tolist())])}]", out, x.dtype, x.bound,
            lambda env: env[x.id][key], ["gather"])  # fmt: skip
-    return True
 
 
-def _gen_convert_element_type(b: _Builder) -> bool:
+def _gen_convert_element_type(b: _Builder) -> None:
     x = b.pick()
     target = b.draw(hst.sampled_from(sorted({*b.dtypes, np.dtype(np.int32)}, key=str)))
     if target == np.int32:
@@ -688,26 +584,22 @@ def _gen_convert_element_type(b: _Builder) -> bool:
                lambda env: lax.convert_element_type(
                    lax.convert_element_type(env[x.id] * np.asarray(4, x.dtype), np.int32),
                    x.dtype), ["convert_element_type", "mul", "literal"])  # fmt: skip
-        return True
+        return
     b.emit(f"{target.name}(v{x.id})", x.shape, target, x.bound,
            lambda env: lax.convert_element_type(env[x.id], target),
            ["convert_element_type"])  # fmt: skip
-    return True
 
 
-def _gen_iota(b: _Builder) -> bool:
-    x = b.pick(lambda v: v.ndim >= 1)
-    if x is None:
-        return False
+def _gen_iota(b: _Builder) -> None:
+    x = b.need(lambda v: v.ndim >= 1, 2)
     dim = b.draw(hst.integers(0, x.ndim - 1))
     b.emit(f"v{x.id} + 0.25 iota({x.shape}, {dim})", x.shape, x.dtype,
            x.bound + 0.25 * x.shape[dim],
            lambda env: env[x.id] + np.asarray(0.25, x.dtype)
            * lax.broadcasted_iota(x.dtype, x.shape, dim), ["iota", "add", "mul"])  # fmt: skip
-    return True
 
 
-_GENERATORS: dict[str, Callable[[_Builder], bool]] = {
+_GENERATORS: dict[str, Callable[[_Builder], None]] = {
     **{name: (lambda n: lambda b: _gen_unary(b, n))(name) for name in _UNARY},
     **{name: (lambda n: lambda b: _gen_binary(b, n))(name) for name in _BINARY},
     **{name: (lambda n: lambda b: _gen_reduce(b, n))(name) for name in _REDUCE},
@@ -782,6 +674,10 @@ def programs(
         raise ValueError(
             f"programs() cannot generate ops {unknown}; supported: {', '.join(SUPPORTED_OPS)}"
         )
+    if max_rank < 2 or max_dim < 1:
+        raise ValueError(
+            f"programs() needs max_rank >= 2 and max_dim >= 1, got {max_rank}, {max_dim}"
+        )
     dts = [np.dtype(d) for d in dtypes]
     if not dts or not all(np.issubdtype(d, np.floating) or d.name == "bfloat16" for d in dts):
         raise ValueError(f"programs() needs floating-point dtypes, got {list(dtypes)}")
@@ -793,10 +689,7 @@ def programs(
             b.new_input(b.shape(), draw(hst.sampled_from(dts)))
         n_steps = draw(hst.integers(1, max(1, max_ops)))
         while len(b.steps) < n_steps:
-            name = draw(hst.sampled_from(names))
-            if not _GENERATORS[name](b):
-                # No value of a fitting rank yet: add one so the next draw can use it.
-                b.new_input(b.shape(draw(hst.integers(1, max_rank))), draw(hst.sampled_from(dts)))
+            _GENERATORS[draw(hst.sampled_from(names))](b)
         fn, outputs = _finish(b, draw(hst.integers(1, max_outputs)))
         specs = tuple(jax.ShapeDtypeStruct(v.shape, v.dtype) for v in b.inputs)
         lines = [*b.lines, "return " + ", ".join(f"v{i}" for i in outputs)]
