@@ -1,6 +1,10 @@
 """superopt: an embedded superoptimizer for JAX."""
 
 from . import ir as ir
+from ._api import Jitted as Jitted
+from ._api import Optimized as Optimized
+from ._api import jit as jit
+from ._api import optimize as optimize
 from ._cache import TuningCache as TuningCache
 from ._cache import cache_dir as cache_dir
 from ._codegen import render as render
@@ -19,6 +23,7 @@ from ._measure import speedup as speedup
 from ._measure import time_callables as time_callables
 from ._predict import RuntimePrediction as RuntimePrediction
 from ._predict import predict_runtime as predict_runtime
+from ._report import Report as Report
 from ._trace import Traced as Traced
 from ._trace import trace as trace
 from ._variants import Variant as Variant

@@ -14,9 +14,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import keyword
 import re
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -172,7 +174,6 @@ def optimize(
     ref_key = traced.program.canonical_key()
     ops_before = traced.program.count_ops()
 
-    store = _open_cache(cache_dir) if cache else None
     options = {
         "cost_model": env["cost_model"],
         "rules": None if rules is None else [_rule_name(r) for r in rules],
@@ -183,10 +184,11 @@ def optimize(
     }
     record = None
     cached: dict[str, Any] | None = None
-    if store is not None:
+    if cache:
         digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
-        record = store.record_key(f"{ref_key}:{digest}")
-        cached = store.get_result(record)
+        with _open_cache(cache_dir) as store:
+            record = store.record_key(f"{ref_key}:{digest}")
+            cached = store.get_result(record)
 
     start = time.perf_counter()
     failures: list[str] = []
@@ -271,16 +273,15 @@ def optimize(
             measured_s=old.get("measured_s"),
             reference_s=old.get("reference_s"),
         )
-    if store is not None and record is not None and not report.cached:
-        store.put_result(
-            record,
-            {
-                "label": cand.label,
-                "program_key": cand.program.canonical_key(),
-                "status": status,
-                "report": report.to_dict(),
-            },
-        )
+    if record is not None and not report.cached:
+        payload = {
+            "label": cand.label,
+            "program_key": cand.program.canonical_key(),
+            "status": status,
+            "report": report.to_dict(),
+        }
+        with _open_cache(cache_dir) as store:
+            store.put_result(record, payload)
     return Optimized(fn, traced, cand.program, flat_call, report, source)
 
 
@@ -445,8 +446,10 @@ def _signature_of(args: tuple[Any, ...], static_argnums: tuple[int, ...]) -> Tra
 
 
 def _open_cache(cache_dir: str | None) -> Any:
+    """The tuning cache in `cache_dir` (or the default folder); close it after use."""
+    path = None if cache_dir is None else Path(cache_dir).expanduser() / _cache.FILENAME
     try:
-        return _cache.TuningCache(cache_dir)
+        return _cache.TuningCache(path)
     except CacheError:
         raise
     except Exception as err:
@@ -459,7 +462,9 @@ def _open_cache(cache_dir: str | None) -> Any:
 
 def _environment(cost_model: Any) -> dict[str, str]:
     devices = jax.devices()
-    if isinstance(cost_model, str):
+    if cost_model is None:
+        model_name = "default"
+    elif isinstance(cost_model, str):
         model_name = cost_model
     else:
         model_name = getattr(cost_model, "name", None) or type(cost_model).__name__
@@ -479,7 +484,9 @@ def _function_name(fn: Callable[..., Any]) -> str:
 
 def _identifier(name: str) -> str:
     ident = re.sub(r"\W", "_", name.rsplit(".", 1)[-1]).strip("_") or "optimized"
-    return ident if not ident[0].isdigit() else f"f_{ident}"
+    if ident[0].isdigit():
+        ident = f"f_{ident}"
+    return f"{ident}_" if keyword.iskeyword(ident) else ident
 
 
 def _rule_name(rule: Any) -> str:

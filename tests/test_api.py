@@ -1,0 +1,264 @@
+"""The public API: optimize, Optimized, Report and @superopt.jit."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from rich.console import Console
+
+import superopt
+import superopt._api as api
+from superopt._search import Candidate, RewriteStep, SearchResult
+from superopt.ir import Program, make
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPEROPT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _normal(seed, *shape):
+    return jax.random.normal(jax.random.key(seed), shape)
+
+
+PROGRAMS = [
+    ("mlp_layer", lambda x, w, b: jnp.tanh(x @ w + b[None, :]), (_normal(0, 8, 16), _normal(1, 16, 4), _normal(2, 4))),
+    ("chain", lambda a, b, v: (a @ b) @ v, (_normal(3, 16, 16), _normal(4, 16, 16), _normal(5, 16, 2))),
+    ("softmax", lambda x: jax.nn.softmax(x, axis=-1).sum(axis=0), (_normal(6, 5, 7),)),
+    ("ints", lambda i, j: (i * 3 + j) % 5, (jnp.arange(6), jnp.ones(6, jnp.int32))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,fn,args", PROGRAMS, ids=[p[0] for p in PROGRAMS])
+def test_optimize_returns_a_verified_equal_function(name, fn, args):
+    opt = superopt.optimize(fn, *args)
+    assert opt.report.verified
+    assert opt.report.verdict is not None and opt.report.verdict["ok"]
+    # "fallback" too: a search that cannot handle a program must still give a right answer.
+    assert opt.report.status in ("optimized", "unchanged", "fallback")
+    assert opt.program is not None
+    assert opt.source.startswith("def ")
+    np.testing.assert_allclose(opt(*args), fn(*args), rtol=1e-4, atol=1e-4)
+    # Not only on the example values: on fresh ones of the same shapes too.
+    fresh = [a + 1 if a.dtype.kind == "f" else a for a in args]
+    np.testing.assert_allclose(opt(*fresh), fn(*fresh), rtol=1e-4, atol=1e-4)
+
+
+def test_pytrees_and_static_arguments():
+    def fn(params, x, power):
+        y = x @ params["w"] + params["b"][None, :]
+        return {"out": y**power, "parts": (y.sum(), jnp.abs(y))}
+
+    params = {"w": _normal(0, 4, 3), "b": _normal(1, 3)}
+    x = _normal(2, 5, 4)
+    opt = superopt.optimize(fn, params, x, 2, static_argnums=(2,))
+    got, want = opt(params, x, 2), fn(params, x, 2)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(superopt.SignatureError, match="static argument 2"):
+        opt(params, x, 3)
+
+
+def test_mismatched_shapes_raise_signature_error():
+    opt = superopt.optimize(lambda x, w: x @ w, jnp.ones((4, 3)), jnp.ones((3, 2)))
+    with pytest.raises(superopt.SignatureError) as info:
+        opt(jnp.ones((5, 3)), jnp.ones((3, 2)))
+    message = str(info.value)
+    assert "float32[5, 3]" in message and "float32[4, 3]" in message
+    assert "superopt.optimize again" in message and "@superopt.jit" in message
+    with pytest.raises(superopt.SignatureError, match="structure"):
+        opt((jnp.ones((4, 3)),), jnp.ones((3, 2)))
+
+
+def test_non_callable_raises_trace_error_naming_it():
+    with pytest.raises(superopt.TraceError, match=r"got list \[1, 2\]"):
+        superopt.optimize([1, 2], jnp.ones(3))
+
+
+def test_arguments_that_cannot_be_traced_raise_trace_error():
+    with pytest.raises(superopt.TraceError, match="tracing"):
+        superopt.optimize(lambda x, w: x @ w, jnp.ones((4, 3)), jnp.ones((5, 2)))
+    with pytest.raises(superopt.TraceError, match="not an array"):
+        superopt.optimize(lambda x, s: x, jnp.ones(3), "text")
+
+
+def test_opaque_scan_comes_back_correct_and_differentiable():
+    def cumulative(x):
+        def body(carry, row):
+            carry = carry * 0.5 + row
+            return carry, jnp.sin(carry)
+
+        last, ys = jax.lax.scan(body, jnp.zeros(x.shape[1]), x)
+        return last.sum() + ys.sum()
+
+    x = _normal(0, 6, 3)
+    opt = superopt.optimize(cumulative, x)
+    assert opt.report.verified
+    assert "opaque" in opt.report.ops_before
+    np.testing.assert_allclose(opt(x), cumulative(x), rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(opt)(x), jax.grad(cumulative)(x), rtol=1e-4)
+
+
+def test_grad_vmap_and_jit_go_through():
+    fn = lambda x, w: jnp.sum(jnp.tanh(x @ w))  # noqa: E731
+    x, w = _normal(0, 4, 3), _normal(1, 3, 2)
+    opt = superopt.optimize(fn, x, w)
+    np.testing.assert_allclose(jax.grad(opt)(x, w), jax.grad(fn)(x, w), rtol=1e-5)
+    xs = _normal(2, 7, 4, 3)
+    np.testing.assert_allclose(
+        jax.vmap(opt, in_axes=(0, None))(xs, w), jax.vmap(fn, in_axes=(0, None))(xs, w), rtol=1e-5
+    )
+    np.testing.assert_allclose(jax.jit(opt)(x, w), fn(x, w), rtol=1e-5)
+
+
+def _wrong_search(program, **options):
+    wrong = Program(program.inputs, tuple(make("neg", o) for o in program.outputs), program.consts)
+    step = RewriteStep("bogus", "y", "-y")
+    return SearchResult((Candidate(wrong, (step,), 1e-9, "wrong"),), {"nodes": 3.0})
+
+
+def test_a_wrong_candidate_falls_back_to_a_correct_program(monkeypatch):
+    monkeypatch.setattr(api, "search", _wrong_search)
+    fn = lambda x: jnp.exp(x) * 2.0  # noqa: E731
+    x = _normal(0, 5)
+    opt = superopt.optimize(fn, x, cache=False)
+    assert opt.report.status == "fallback"
+    assert "failed verification" in opt.report.reason and "'wrong'" in opt.report.reason
+    assert opt.report.candidate == "reference" and opt.report.verified
+    assert opt.report.rewrites == ()
+    np.testing.assert_allclose(opt(x), fn(x), rtol=1e-6)
+
+
+def test_a_failing_search_falls_back(monkeypatch):
+    def broken(program, **options):
+        raise superopt.SearchError("e-graph exploded")
+
+    monkeypatch.setattr(api, "search", broken)
+    opt = superopt.optimize(lambda x: x + 1, jnp.ones(3), cache=False)
+    assert opt.report.status == "fallback"
+    assert "e-graph exploded" in opt.report.reason
+    np.testing.assert_allclose(opt(jnp.ones(3)), 2.0)
+
+
+def test_a_program_superopt_cannot_carry_returns_the_original(monkeypatch):
+    def refuse(fn, *args, static_argnums=()):
+        raise superopt.TraceError("equation `mystery` produces a token")
+
+    monkeypatch.setattr(api, "trace", refuse)
+    fn = lambda x: x * 3  # noqa: E731
+    opt = superopt.optimize(fn, jnp.ones(2))
+    assert opt.report.status == "fallback" and "mystery" in opt.report.reason
+    assert opt.program is None
+    np.testing.assert_allclose(opt(jnp.ones(2)), 3.0)
+    with pytest.raises(superopt.SignatureError):
+        opt(jnp.ones(3))
+
+
+def _double_search(program, **options):
+    # x * 2 -> x + x: equivalent, so it must win and be reported as a rewrite.
+    (x,) = program.inputs
+    out = make("add", x, x)
+    step = RewriteStep("mul_two_to_add", "x * 2", "x + x")
+    cand = Candidate(Program(program.inputs, (out,), {}), (step,), 1e-7, "x+x")
+    return SearchResult((cand, Candidate(program)), {"nodes": 4.0, "time_s": 0.001})
+
+
+def test_a_rewritten_candidate_wins_and_is_timed_with_a_budget(monkeypatch):
+    monkeypatch.setattr(api, "search", _double_search)
+    fn = lambda x: x * 2.0  # noqa: E731
+    x = _normal(0, 64)
+    opt = superopt.optimize(fn, x, cache=False)
+    assert opt.report.status == "optimized"
+    assert [(r.rule, r.before, r.after) for r in opt.report.rewrites] == [
+        ("mul_two_to_add", "x * 2", "x + x")
+    ]
+    assert opt.report.speedup is None
+    assert "add" in opt.source
+    timed = superopt.optimize(fn, x, cache=False, budget=0.05)
+    assert timed.report.reference_s is not None and timed.report.reference_s > 0
+    if timed.report.status == "optimized":
+        assert timed.report.speedup >= 1.0
+    else:
+        assert "measured slower" in timed.report.reason
+    np.testing.assert_allclose(timed(x), fn(x), rtol=1e-6)
+
+
+def test_report_json_round_trips_and_renders(monkeypatch):
+    monkeypatch.setattr(api, "search", _double_search)
+    opt = superopt.optimize(lambda x: x * 2.0, jnp.ones(8), cache=False)
+    report = opt.report
+    data = json.loads(report.to_json())
+    assert data == report.to_dict()
+    assert data["status"] == "optimized" and data["rewrites"][0]["rule"] == "mul_two_to_add"
+    assert superopt.Report.from_dict(data) == report
+    buffer = io.StringIO()
+    Console(file=buffer, width=100).print(report)
+    assert "mul_two_to_add" in buffer.getvalue() and "<lambda>" in buffer.getvalue()
+    assert "optimized" in str(report)
+
+
+def test_the_cache_is_reused(tmp_path):
+    fn = lambda x: jnp.cos(x) + 1  # noqa: E731
+    first = superopt.optimize(fn, jnp.ones(4), cache_dir=str(tmp_path / "c"))
+    second = superopt.optimize(fn, jnp.ones(4), cache_dir=str(tmp_path / "c"))
+    assert not first.report.cached and second.report.cached
+    np.testing.assert_allclose(second(jnp.ones(4)), fn(jnp.ones(4)), rtol=1e-6)
+
+
+def test_a_corrupt_cache_gives_a_clear_cache_error(tmp_path, monkeypatch):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "superopt.sqlite").write_bytes(b"this is not a database" * 10)
+    monkeypatch.setenv("SUPEROPT_CACHE_DIR", str(folder))
+    with pytest.raises(superopt.CacheError, match="not superopt's tuning cache"):
+        superopt.optimize(lambda x: x + 1, jnp.ones(3), cache=True)
+    # Without the cache the same call works.
+    superopt.optimize(lambda x: x + 1, jnp.ones(3), cache=False)
+
+
+def test_jit_optimizes_per_signature(monkeypatch):
+    calls = []
+    real = api.optimize
+
+    def counting(fn, *args, **options):
+        calls.append(tuple(jnp.shape(a) for a in args))
+        return real(fn, *args, **options)
+
+    monkeypatch.setattr(api, "optimize", counting)
+
+    @superopt.jit
+    def f(x, w):
+        return jnp.tanh(x @ w)
+
+    w = jnp.ones((3, 2))
+    np.testing.assert_allclose(f(jnp.ones((4, 3)), w), jnp.tanh(jnp.full((4, 2), 3.0)))
+    f(jnp.zeros((4, 3)), w)
+    assert len(calls) == 1
+    f(jnp.ones((6, 3)), w)
+    assert len(calls) == 2 and len(f.optimized) == 2
+    f(jnp.ones((6, 3)), w)
+    assert len(calls) == 2
+
+
+def test_jit_with_options_static_args_and_transforms():
+    @superopt.jit(static_argnums=(1,), cache=False)
+    def g(x, n):
+        return jnp.sin(x) * n
+
+    x = jnp.linspace(0, 1, 5)
+    np.testing.assert_allclose(g(x, 2), jnp.sin(x) * 2, rtol=1e-6)
+    np.testing.assert_allclose(g(x, 3), jnp.sin(x) * 3, rtol=1e-6)
+    assert len(g.optimized) == 2
+    np.testing.assert_allclose(jax.grad(lambda x: g(x, 2).sum())(x), 2 * jnp.cos(x), rtol=1e-5)
+    np.testing.assert_allclose(
+        jax.vmap(lambda r: g(r, 2))(jnp.stack([x, x + 1])), jnp.sin(jnp.stack([x, x + 1])) * 2,
+        rtol=1e-5,
+    )  # fmt: skip
+    with pytest.raises(superopt.SignatureError, match="not hashable"):
+        g(x, [1])

@@ -1,0 +1,140 @@
+"""The `superopt` command line, through typer's test runner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from superopt._cli import app, parse_spec
+
+runner = CliRunner()
+
+_USER_FILE = """
+import jax.numpy as jnp
+
+def affine(x, w):
+    return jnp.tanh(x @ w)
+
+not_a_function = 3
+"""
+
+_DEMO_FILE = """
+import jax.numpy as jnp
+
+def tiny(x):
+    return jnp.exp(x) * 2.0
+
+def cases():
+    return [("tiny", tiny, (jnp.ones(4),)), ("other", tiny, (jnp.ones(3),))]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPEROPT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    path = tmp_path / "user_fns.py"
+    path.write_text(textwrap.dedent(_USER_FILE))
+    return path
+
+
+def test_parse_spec():
+    assert parse_spec("f32[128,256]") == ("float32", (128, 256))
+    assert parse_spec("i32[ 7 ]") == ("int32", (7,))
+    assert parse_spec("bf16[]") == ("bfloat16", ())
+
+
+def test_demo_runs_one_example_and_prints_a_summary(tmp_path):
+    folder = tmp_path / "demos"
+    folder.mkdir()
+    (folder / "demo_tiny.py").write_text(textwrap.dedent(_DEMO_FILE))
+    result = runner.invoke(app, ["demo", "--examples-dir", str(folder), "-e", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert "superopt: tiny" in result.stdout and "superopt demo" in result.stdout
+    assert "other" not in result.stdout
+
+
+def test_optimize_prints_report_and_source(user_file):
+    target = f"{user_file}:affine"
+    result = runner.invoke(app, ["optimize", target, "--args", "f32[8,4]", "--args", "f32[4,3]"])
+    assert result.exit_code == 0, result.output
+    assert "superopt: affine" in result.stdout
+    assert "def affine(x0, x1):" in result.stdout
+
+    result = runner.invoke(
+        app, ["optimize", target, "--args", "f32[8,4]", "--args", "f32[4,3]", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["report"]["function"] == "affine"
+    assert payload["report"]["verified"] is True
+    assert payload["source"].startswith("def affine")
+
+
+def test_cache_ls_and_clear(user_file):
+    empty = runner.invoke(app, ["cache", "ls"])
+    assert empty.exit_code == 0, empty.output
+    assert "no entries" in empty.stdout
+    ran = runner.invoke(
+        app, ["optimize", f"{user_file}:affine", "-a", "f32[2,4]", "-a", "f32[4,3]"]
+    )
+    assert ran.exit_code == 0, ran.output
+    listed = runner.invoke(app, ["cache", "ls"])
+    assert listed.exit_code == 0 and "1 entries" in listed.stdout
+    declined = runner.invoke(app, ["cache", "clear"], input="n\n")
+    assert declined.exit_code == 1 and "nothing deleted" in declined.stdout
+    cleared = runner.invoke(app, ["cache", "clear", "--yes"])
+    assert cleared.exit_code == 0 and "removed 1 entries" in cleared.stdout
+    assert "no entries" in runner.invoke(app, ["cache", "ls"]).stdout
+
+
+def test_a_corrupt_cache_is_one_line_on_stderr(tmp_path, monkeypatch):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "superopt.sqlite").write_bytes(b"garbage" * 100)
+    monkeypatch.setenv("SUPEROPT_CACHE_DIR", str(folder))
+    result = runner.invoke(app, ["cache", "ls"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "not superopt's tuning cache" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["optimize", "missing.py:f", "-a", "f32[2]"], "error: no such file: missing.py"),
+        (["optimize", "{file}:nope", "-a", "f32[2]"], "has no attribute 'nope'"),
+        (["optimize", "{file}:not_a_function"], "is a int, not a function"),
+        (["optimize", "{file}", "-a", "f32[2]"], "expected path/to/file.py:function"),
+        (["optimize", "{file}:affine", "-a", "f32(2,3)"], "bad argument spec 'f32(2,3)'"),
+        (["optimize", "{file}:affine", "-a", "q7[2]"], "bad argument spec 'q7[2]'"),
+        (
+            ["optimize", "{file}:affine", "-a", "f32[2,3]", "-a", "f32[5,3]"],
+            "error: tracing affine",
+        ),
+    ],
+)
+def test_bad_input_exits_1_with_one_clear_line(user_file, args, message):
+    args = [a.replace("{file}", str(user_file)) for a in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_python_dash_m_superopt_works():
+    done = subprocess.run(
+        [sys.executable, "-m", "superopt", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    for command in ("demo", "optimize", "cache"):
+        assert command in done.stdout
