@@ -18,9 +18,6 @@ when they do not fit in `ON_CHIP_BYTES`. So small tiles pay re-reads, large tile
 spills, and tile-size selection is a real trade-off for a cost model.
 """
 
-# jaxtyping shape strings are not Python expressions.
-# ruff: noqa: F722
-
 from __future__ import annotations
 
 import functools
