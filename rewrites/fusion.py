@@ -1,0 +1,651 @@
+"""Fusion rewrites: horizontal batching of dots, and vertical fusion into the fused ops.
+
+Every rule here needs exact shapes in its side condition (the widths to slice back out,
+that a mask is causal, that a broadcast is constant along the softmax axis), and the
+e-graph sorts carry only ranks. So the rules are recognizers over the IR `Program`, each
+declared as a `FusionRule` record (name, side condition, finder), and their matches go
+into the e-graph as union facts (`add_to_egraph`): the matched node's e-class gains the
+fused term, and tiling (`rewrites.tiling`) adds one fused e-node per tile size there.
+
+Rules, with their side conditions:
+
+- `batch_dots`: k >= 2 mutually independent `dot_general`s with equal operand shapes,
+  dtypes and dimension numbers -> stack the operands on a new axis 0, one dot with that
+  axis as a batch dimension, and a slice + reshape per original dot.
+- `concat_shared_lhs`: k >= 2 matmuls (2-D, `x @ w`) with the same left operand and right
+  operands of one dtype and depth -> one matmul on the right operands concatenated along
+  columns, sliced back.
+- `chunked_xent`: `logsumexp(L, -1) - L[i, labels[i]]` with `L = h @ w (+ b)` 2-D, the
+  logsumexp in any stable spelling whose shift is constant along the vocabulary axis
+  (optax, `jax.nn.logsumexp`), the label logit by gather (`take_along_axis`) ->
+  `chunked_xent(h, w, labels[, b])`; needs `L.dtype == h.dtype`.
+- `flash_attention`: `softmax(scale · q kᵀ [masked]) v` with any layout that is a
+  relabelling of `[B, T, H, D]` through transposes and unit-dim reshapes (what
+  `jax.nn.dot_product_attention` traces to, and the 2-D or 3-D hand-written forms) ->
+  `flash_attention(q, k, v[, mask])`; a constant mask equal to the lower triangle
+  becomes `causal=True`; the masked fill must be a scalar.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from superopt.ir import Node, Program, ShapeError, make, toposort
+from superopt.ir._fused import LARGE_NEGATIVE
+
+
+@dataclass(frozen=True, eq=False)
+class Rewrite:
+    """One fact found by a rule: `before` equals `after`.
+
+    **Arguments:**
+
+    - `rule`: the rule's name.
+    - `before`: a node of the program.
+    - `after`: an equal node built over nodes of the program.
+    """
+
+    rule: str
+    before: Node
+    after: Node
+
+
+@dataclass(frozen=True)
+class FusionRule:
+    """A fusion rule as data: its name, side condition and finder."""
+
+    name: str
+    condition: str
+    find: Callable[[Program], list[Rewrite]]
+
+
+# ---------------------------------------------------------------- small structural helpers
+
+
+def _strip(node: Node, ops: Iterable[str]) -> Node:
+    ops = set(ops)
+    while node.op in ops and len(node.args) == 1:
+        node = node.args[0]
+    return node
+
+
+def _scalar(node: Node) -> float | None:
+    """The value of a scalar literal, possibly broadcast; `None` if not one."""
+    node = _strip(node, ("broadcast_in_dim", "reshape", "convert_element_type"))
+    if node.op == "literal":
+        return float(node.params["value"])
+    if node.shape == () and len(toposort([node])) <= 8 and not _depends_on_input(node):
+        from superopt._codegen import evaluate  # a folded constant such as `sqrt(8.0)`
+
+        return float(np.asarray(evaluate(Program((), (node,), {}))[0]))
+    return None
+
+
+def _depends_on_input(node: Node) -> bool:
+    return any(n.op == "input" for n in toposort([node]))
+
+
+def _ancestors(node: Node) -> set[int]:
+    return {id(n) for n in toposort([node])} - {id(node)}
+
+
+def _constant_along(node: Node, target_shape: tuple[int, ...], axis: int) -> bool:
+    """Whether `node`, broadcast against a tensor of `target_shape`, is constant on `axis`."""
+    if node.shape == ():
+        return True
+    if node.op == "broadcast_in_dim" and axis not in node.params["broadcast_dimensions"]:
+        return True
+    return len(node.shape) == len(target_shape) and node.shape[axis] == 1 != target_shape[axis]
+
+
+def _shift_base(node: Node) -> Node:
+    return _strip(node, ("stop_gradient", "broadcast_in_dim", "reshape"))
+
+
+def _logsumexp_of(node: Node) -> tuple[Node, int] | None:
+    """`(L, axis)` if `node` is a shifted logsumexp of `L` over one axis."""
+    if node.op != "add":
+        return None
+    for log_side, shift in (node.args, node.args[::-1]):
+        inner = _strip(log_side, ())
+        if inner.op != "log":
+            continue
+        total = _strip(inner.args[0], ("abs",))
+        if total.op != "reduce_sum" or len(total.params["axes"]) != 1:
+            continue
+        axis = total.params["axes"][0]
+        e = total.args[0]
+        if e.op != "exp" or e.args[0].op != "sub":
+            continue
+        logits, sub_shift = e.args[0].args
+        if _shift_base(sub_shift) is not _shift_base(shift):
+            continue
+        if not _constant_along(sub_shift, logits.shape, axis):
+            continue
+        return logits, axis
+    return None
+
+
+def _softmax_of(node: Node) -> tuple[Node, int] | None:
+    """`(S, axis)` if `node` is `exp(S - c) / sum(exp(S - c), axis)` with `c` constant on it."""
+    if node.op != "div":
+        return None
+    num, den = node.args
+    total = _strip(den, ("broadcast_in_dim", "reshape"))
+    if total.op != "reduce_sum" or len(total.params["axes"]) != 1 or total.args[0] is not num:
+        return None
+    axis = total.params["axes"][0]
+    if not _constant_along(den, num.shape, axis) or num.op != "exp":
+        return None
+    arg = num.args[0]
+    if arg.op == "sub":
+        scores, shift = arg.args
+        return (scores, axis) if _constant_along(shift, scores.shape, axis) else None
+    return arg, axis
+
+
+# ---------------------------------------------------------------- horizontal
+
+
+def _independent_groups(nodes: list[Node]) -> list[list[Node]]:
+    """Split `nodes` greedily into groups where no node depends on another."""
+    groups: list[tuple[list[Node], set[int]]] = []
+    for n in nodes:
+        anc = _ancestors(n)
+        for members, seen in groups:
+            if id(n) not in seen and not any(id(m) in anc for m in members):
+                members.append(n)
+                seen |= anc
+                break
+        else:
+            groups.append(([n], set(anc)))
+    return [m for m, _ in groups if len(m) >= 2]
+
+
+def _stack(xs: Sequence[Node]) -> Node:
+    parts = [make("reshape", x, new_sizes=(1, *x.shape)) for x in xs]
+    return make("concatenate", *parts, dimension=0)
+
+
+def _unstack(x: Node, i: int) -> Node:
+    shape = x.shape[1:]
+    start = (i,) + (0,) * len(shape)
+    limit = (i + 1, *shape)
+    part = make("slice", x, start_indices=start, limit_indices=limit, strides=(1,) * x.ndim)
+    return make("reshape", part, new_sizes=shape)
+
+
+def find_batch_dots(program: Program) -> list[Rewrite]:
+    """Independent same-shape dots -> one batched dot (stack, dot, unstack)."""
+    buckets: dict[tuple[Any, ...], list[Node]] = {}
+    for n in program.nodes():
+        if n.op == "dot_general":
+            a, b = n.args
+            key = (a.shape, b.shape, a.dtype, b.dtype, n.params.key)
+            buckets.setdefault(key, []).append(n)
+    out: list[Rewrite] = []
+    for dots in buckets.values():
+        for group in _independent_groups(dots):
+            (lc, rc), (lb, rb) = group[0].params["dimension_numbers"]
+
+            def up(dims: tuple[int, ...]) -> tuple[int, ...]:
+                return tuple(d + 1 for d in dims)
+
+            dn = ((up(lc), up(rc)), ((0, *up(lb)), (0, *up(rb))))
+            pref = group[0].params["preferred_element_type"]
+            big = make(
+                "dot_general",
+                _stack([g.args[0] for g in group]),
+                _stack([g.args[1] for g in group]),
+                dimension_numbers=dn,
+                preferred_element_type=pref,
+            )
+            out += [Rewrite("batch_dots", g, _unstack(big, i)) for i, g in enumerate(group)]
+    return out
+
+
+_MATMUL = (((1,), (0,)), ((), ()))
+
+
+def find_concat_shared_lhs(program: Program) -> list[Rewrite]:
+    """`x @ w1, x @ w2, ...` -> `x @ concat(w1, w2, ...)` and column slices."""
+    buckets: dict[tuple[int, str, Any], list[Node]] = {}
+    for n in program.nodes():
+        if n.op == "dot_general" and n.params["dimension_numbers"] == _MATMUL:
+            a, b = n.args
+            if a.ndim == 2 and b.ndim == 2:
+                pref = n.params["preferred_element_type"]
+                buckets.setdefault((id(a), str(pref), b.dtype), []).append(n)
+    out: list[Rewrite] = []
+    for dots in buckets.values():
+        for group in _independent_groups(dots):
+            x = group[0].args[0]
+            pref = group[0].params["preferred_element_type"]
+            w = make("concatenate", *[g.args[1] for g in group], dimension=1)
+            big = make("dot_general", x, w, dimension_numbers=_MATMUL, preferred_element_type=pref)
+            col = 0
+            for g in group:
+                width = g.args[1].shape[1]
+                part = make(
+                    "slice",
+                    big,
+                    start_indices=(0, col),
+                    limit_indices=(big.shape[0], col + width),
+                    strides=(1, 1),
+                )
+                out.append(Rewrite("concat_shared_lhs", g, part))
+                col += width
+    return out
+
+
+# ---------------------------------------------------------------- cross-entropy
+
+
+def _labels_of(node: Node, logits: Node) -> Node | None:
+    """The integer labels `[N]` if `node` is `logits[i, labels[i]]` read by a gather."""
+    n = logits.shape[0]
+    if node.op == "gather" and node.shape == (n,) and node.args[0].shape == (n, 1):
+        # optax's trailing `[:, 0]`: a gather of column 0 of a [N, 1] result.
+        if _depends_on_input(node.args[1]) or node.args[1].size != 1:
+            return None
+        from superopt._codegen import evaluate  # a scalar index: evaluate it to be sure
+
+        (col,) = evaluate(Program((), (node.args[1],), {}))
+        if int(np.asarray(col).reshape(())) != 0:
+            return None
+        node = node.args[0]
+    node = _strip(node, ("squeeze", "reshape"))
+    if node.op != "gather" or node.args[0] is not logits:
+        return None
+    dn = node.params["spec"].dimension_numbers
+    if (
+        tuple(dn.collapsed_slice_dims) != (1,)
+        or tuple(dn.start_index_map) != (1,)
+        or tuple(dn.operand_batching_dims) != (0,)
+        or tuple(dn.offset_dims) != ()
+    ):
+        return None
+    idx = _strip(node.args[1], ("reshape",))
+    if idx.op == "select_n":
+        # Python-style wrap of negative labels; chunked_xent wraps them the same way.
+        pred, keep, wrapped = idx.args
+        if pred.op != "lt" or wrapped.op != "add" or keep not in wrapped.args:
+            return None
+        if logits.shape[1] not in [_scalar(a) for a in wrapped.args]:
+            return None
+        idx = keep
+    idx = _strip(idx, ("broadcast_in_dim", "reshape"))
+    if idx.shape != (n,) or not np.issubdtype(idx.dtype, np.integer):
+        return None
+    return idx
+
+
+def _matmul_logits(logits: Node) -> tuple[Node, Node, Node | None] | None:
+    bias = None
+    if logits.op == "add":
+        a, b = logits.args
+        dot, bb = (a, b) if a.op == "dot_general" else (b, a)
+        if bb.op != "broadcast_in_dim" or bb.params["broadcast_dimensions"] != (1,):
+            return None
+        bias = bb.args[0]
+        if bias.shape != (logits.shape[1],):
+            return None
+        logits = dot
+    if logits.op != "dot_general" or logits.params["dimension_numbers"] != _MATMUL:
+        return None
+    h, w = logits.args
+    if h.ndim != 2 or w.ndim != 2 or logits.dtype != h.dtype or h.dtype != w.dtype:
+        return None
+    if bias is not None and bias.dtype != h.dtype:
+        return None
+    return h, w, bias
+
+
+def find_chunked_xent(program: Program, chunk: int = 2048) -> list[Rewrite]:
+    """Softmax cross-entropy over `h @ w (+ b)` -> `chunked_xent`."""
+    out: list[Rewrite] = []
+    for node in program.nodes():
+        if node.op != "sub" or node.ndim != 1:
+            continue
+        lse = _logsumexp_of(node.args[0])
+        if lse is None or lse[1] != 1 or lse[0].ndim != 2:
+            continue
+        logits = lse[0]
+        labels = _labels_of(node.args[1], logits)
+        parts = _matmul_logits(logits)
+        if labels is None or parts is None:
+            continue
+        h, w, b = parts
+        args = (h, w, labels) if b is None else (h, w, labels, b)
+        out.append(Rewrite("chunked_xent", node, make("chunked_xent", *args, chunk=chunk)))
+    return out
+
+
+# ---------------------------------------------------------------- attention
+
+
+def _relabel(chain: list[Node], labels: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Carry dimension labels up through transposes and unit-dim reshapes (bottom first)."""
+    for n in chain:
+        if n.op == "transpose":
+            labels = tuple(labels[i] for i in n.params["permutation"])
+        elif n.op in ("reshape", "squeeze", "expand_dims"):
+            real = [lab for lab, d in zip(labels, n.args[0].shape) if d != 1]
+            if [d for d in n.args[0].shape if d != 1] != [d for d in n.shape if d != 1]:
+                return None
+            it = iter(real)
+            labels = tuple("1" if d == 1 else next(it) for d in n.shape)
+        elif n.op == "convert_element_type":
+            pass
+        else:
+            return None
+    return labels
+
+
+def _descend(node: Node, ops: tuple[str, ...]) -> tuple[Node, list[Node]]:
+    """Strip `ops` from `node`; the base and the stripped chain, bottom first."""
+    chain: list[Node] = []
+    while node.op in ops and len(node.args) == 1:
+        chain.append(node)
+        node = node.args[0]
+    return node, chain[::-1]
+
+
+_MOVES = ("transpose", "reshape", "squeeze", "expand_dims")
+_BASE_LABELS = {2: ("t", "d"), 3: ("b", "t", "d"), 4: ("b", "t", "n", "d")}
+
+
+def _dot_labels(dot: Node, la: tuple[str, ...], lb: tuple[str, ...]) -> tuple[str, ...] | None:
+    (lc, rc), (lbt, rbt) = dot.params["dimension_numbers"]
+    if any(la[i] != lb[j] for i, j in [*zip(lc, rc), *zip(lbt, rbt)]):
+        return None
+    free_a = [la[i] for i in range(len(la)) if i not in lc and i not in lbt]
+    free_b = [lb[j] for j in range(len(lb)) if j not in rc and j not in rbt]
+    return tuple([la[i] for i in lbt] + free_a + free_b)
+
+
+def _scaled_base(node: Node) -> tuple[Node, list[Node], float] | None:
+    """Strip moves and scalar multiplies/divides; the base, the move chain, and the scale."""
+    scale, chain = 1.0, []
+    while True:
+        if node.op in _MOVES or node.op == "convert_element_type":
+            chain.append(node)
+            node = node.args[0]
+        elif node.op in ("mul", "div") and _scalar(node.args[1]) is not None:
+            c = _scalar(node.args[1])
+            scale = scale * c if node.op == "mul" else scale / c
+            node = node.args[0]
+        elif node.op == "mul" and _scalar(node.args[0]) is not None:
+            scale *= _scalar(node.args[0])
+            node = node.args[1]
+        else:
+            return node, chain[::-1], scale
+
+
+def _to_bthd(x: Node, labels: tuple[str, ...], last: str) -> Node | None:
+    """Reshape/transpose a tensor labelled with a subset of `b, t|s, n, last` to 4-D."""
+    order = ("b", "t" if "t" in labels else "s", "n", last)
+    real = [lab for lab in labels if lab != "1"]
+    if sorted(real) != sorted(set(real)) or not set(real) <= set(order):
+        return None
+    base = make("reshape", x, new_sizes=tuple(d for d in x.shape if d != 1)) if "1" in labels else x
+    present = [lab for lab in order if lab in real]
+    perm = tuple(real.index(lab) for lab in present)
+    if perm != tuple(range(len(perm))):
+        base = make("transpose", base, permutation=perm)
+    full = tuple(base.shape[present.index(lab)] if lab in present else 1 for lab in order)
+    return base if base.shape == full else make("reshape", base, new_sizes=full)
+
+
+def _causal(mask: Node) -> bool:
+    """Whether a constant mask is the lower triangle over its last two axes."""
+    if _depends_on_input(mask) or mask.size > 2**26:
+        return False
+    from superopt._codegen import evaluate  # evaluating needs codegen's interpreter
+
+    (value,) = evaluate(Program((), (mask,), {}))
+    value = np.asarray(value).reshape(-1, *mask.shape[-2:])
+    return bool((value == np.tril(np.ones(mask.shape[-2:], bool))).all())
+
+
+def find_flash_attention(program: Program, block: int = 128) -> list[Rewrite]:
+    """`softmax(scale · q kᵀ [masked]) v` in any relabelled layout -> `flash_attention`."""
+    best: dict[int, tuple[int, Rewrite]] = {}
+    for node in program.nodes():
+        d2, top = _descend(node, (*_MOVES, "convert_element_type"))
+        if d2.op != "dot_general":
+            continue
+        try:
+            found = _match_attention(d2, block)
+        except ShapeError:
+            found = None
+        if found is None:
+            continue
+        fused, labels_d2, order = found
+        labels = _relabel(top, labels_d2)
+        if labels is None or [lab for lab in labels if lab != "1"] != order:
+            continue
+        if node.dtype != fused.dtype or node.size != fused.size:
+            continue
+        after = make("reshape", fused, new_sizes=node.shape)
+        # One fact per attention: at the top of the layout chain above the output dot.
+        if id(d2) not in best or best[id(d2)][0] < len(top):
+            best[id(d2)] = (len(top), Rewrite("flash_attention", node, after))
+    return [rw for _, rw in best.values()]
+
+
+def _match_attention(d2: Node, block: int):
+    for p_side in (0, 1):
+        p, v_side = d2.args[p_side], d2.args[1 - p_side]
+        p, _ = _descend(p, ("convert_element_type",))
+        sm = _softmax_of(p)
+        if sm is None:
+            continue
+        scores, axis = sm
+        mask = fill = None
+        mask_labels_node = None
+        s_chain: list[Node] = []
+        scale = 1.0
+        while True:
+            if scores.op in _MOVES or scores.op == "convert_element_type":
+                s_chain.append(scores)
+                scores = scores.args[0]
+            elif scores.op in ("mul", "div") and _scalar(scores.args[1]) is not None:
+                c = _scalar(scores.args[1])
+                scale = scale * c if scores.op == "mul" else scale / c
+                scores = scores.args[0]
+            elif scores.op == "select_n" and mask is None and _scalar(scores.args[1]) is not None:
+                mask, fill = scores.args[0], _scalar(scores.args[1])
+                mask_labels_node = scores
+                s_chain.append(scores)
+                scores = scores.args[2]
+            else:
+                break
+        s_chain = s_chain[::-1]
+        if scores.op != "dot_general":
+            return None
+        q_base, q_chain, q_scale = _scaled_base(scores.args[0])
+        k_base, k_chain, k_scale = _scaled_base(scores.args[1])
+        v_base, v_chain, _ = _scaled_base(v_side)
+        if v_base is not _descend(v_side, (*_MOVES, "convert_element_type"))[0]:
+            return None  # a scaled value is not attention
+        scale *= q_scale * k_scale
+        if not (q_base.ndim == k_base.ndim == v_base.ndim) or q_base.ndim not in _BASE_LABELS:
+            return None
+        # Size-1 dimensions carry no label: reshapes may add or drop them freely.
+        ql = _unit(_BASE_LABELS[q_base.ndim], q_base.shape)
+        kl = _unit(
+            tuple("s" if lab == "t" else lab for lab in _BASE_LABELS[q_base.ndim]), k_base.shape
+        )
+        vl = _unit(
+            tuple({"t": "s", "d": "e"}.get(lab, lab) for lab in _BASE_LABELS[q_base.ndim]),
+            v_base.shape,
+        )
+        la, lb, lv = _relabel(q_chain, ql), _relabel(k_chain, kl), _relabel(v_chain, vl)
+        if la is None or lb is None or lv is None:
+            return None
+        ls = _dot_labels(scores, la, lb)
+        if ls is None or "d" in ls:
+            return None
+        # Labels through the score chain; the select keeps them, the mask shares them.
+        cur, mask_l = ls, None
+        for n in s_chain:
+            if n is mask_labels_node:
+                mask_l = cur
+                continue
+            cur = _relabel([n], cur)
+            if cur is None:
+                return None
+        if cur[axis] != "s":
+            return None
+        pair = (cur, lv) if p_side == 0 else (lv, cur)
+        lo = _dot_labels(d2, *pair)
+        if lo is None or "s" in lo or "d" in lo:
+            return None
+        order = [lab for lab in ("b", "t", "n", "e") if lab in lo]
+        if any(set(x) - {"1"} != set(y) - {"1"} for x, y in ((la, ql), (lb, kl), (lv, vl))):
+            return None
+        if set(lo) - {"1"} != (set(ql) | set(vl)) - {"1", "d", "s"}:
+            return None
+        q4, k4, v4 = _to_bthd(q_base, ql, "d"), _to_bthd(k_base, kl, "d"), _to_bthd(v_base, vl, "e")
+        if q4 is None or k4 is None or v4 is None or q4.dtype != k4.dtype != v4.dtype:
+            return None
+        args = [q4, k4, v4]
+        causal = False
+        if mask is not None:
+            if mask.shape != mask_labels_node.shape:
+                return None
+            if _causal(mask) and mask_l[-2:] == ("t", "s"):
+                causal = True
+            else:
+                m4 = _mask_bhts(mask, mask_l)
+                if m4 is None:
+                    return None
+                args.append(m4)
+        fused = make(
+            "flash_attention",
+            *args,
+            block=block,
+            scale=float(scale),
+            causal=causal,
+            mask_value=float(LARGE_NEGATIVE if fill is None else fill),
+        )
+        return fused, lo, order
+    return None
+
+
+def _unit(labels: tuple[str, ...], shape: tuple[int, ...]) -> tuple[str, ...]:
+    return tuple("1" if d == 1 else lab for lab, d in zip(labels, shape))
+
+
+def _mask_bhts(mask: Node, labels: tuple[str, ...]) -> Node | None:
+    real = [lab for lab in labels if lab != "1"]
+    if not {"t", "s"} <= set(real) or not set(real) <= {"b", "n", "t", "s"}:
+        return None
+    base = make("reshape", mask, new_sizes=tuple(d for d in mask.shape if d != 1))
+    order = [lab for lab in ("b", "n", "t", "s") if lab in real]
+    perm = tuple(real.index(lab) for lab in order)
+    if perm != tuple(range(len(perm))):
+        base = make("transpose", base, permutation=perm)
+    full = tuple(base.shape[order.index(lab)] if lab in order else 1 for lab in "bnts")
+    return make("reshape", base, new_sizes=full)
+
+
+# ---------------------------------------------------------------- the rules as data
+
+RULES: tuple[FusionRule, ...] = (
+    FusionRule("batch_dots", "independent dots, equal shapes/dtypes/dims", find_batch_dots),
+    FusionRule("concat_shared_lhs", "2-D matmuls sharing the left operand", find_concat_shared_lhs),
+    FusionRule("chunked_xent", "logsumexp(h@w) - gathered label logit", find_chunked_xent),
+    FusionRule("flash_attention", "softmax(scale q k^T) v, any layout", find_flash_attention),
+)
+
+
+def find_rewrites(program: Program, rules: Sequence[FusionRule] = RULES) -> list[Rewrite]:
+    """Every fusion fact the rules find in `program`.
+
+    **Arguments:**
+
+    - `program`: the IR program.
+    - `rules`: the fusion rules to run (default: all of `RULES`).
+
+    **Returns:** the `Rewrite`s, each `before` a node of `program`.
+    """
+    return [rw for r in rules for rw in r.find(program)]
+
+
+def apply(program: Program, rewrites: Sequence[Rewrite]) -> Program:
+    """The program with each `before` replaced by its `after` (for non-overlapping rewrites).
+
+    **Arguments:**
+
+    - `program`: the IR program the rewrites were found in.
+    - `rewrites`: facts from `find_rewrites` (at most one per `before`).
+
+    **Returns:** the rewritten `Program`, with the same inputs and constants.
+    """
+    subst = {id(rw.before): rw.after for rw in rewrites}
+    built: dict[int, Node] = {}
+    roots = list(program.inputs) + list(program.outputs)
+    for node in toposort(roots + [rw.after for rw in rewrites]):
+        src = subst.get(id(node), node)
+        if src is not node:
+            # `after` precedes `before` only if `after` is built from `before`'s operands.
+            for n in toposort([src]):
+                if id(n) not in built:
+                    built[id(n)] = _rebuild(n, built)
+            built[id(node)] = built[id(src)]
+        elif id(node) not in built:
+            built[id(node)] = _rebuild(node, built)
+    outputs = tuple(built[id(o)] for o in program.outputs)
+    return Program(program.inputs, outputs, program.consts)
+
+
+def _rebuild(node: Node, built: dict[int, Node]) -> Node:
+    args = tuple(built[id(a)] for a in node.args)
+    if all(a is b for a, b in zip(args, node.args)):
+        return node
+    return Node(node.op, args, node.params, node.shape, node.dtype)
+
+
+def add_to_egraph(egraph: Any, rewrites: Sequence[Rewrite]) -> int:
+    """Union each rewrite's `before` with its `after` in an e-graph made by `encode`.
+
+    Terms are added as shallow lets, one per node, so shared subterms are not re-walked;
+    a node already in the e-graph lands in its own e-class by hash-consing.
+
+    **Arguments:**
+
+    - `egraph`: the `egglog.EGraph` the program was encoded into.
+    - `rewrites`: the facts to add (tiling variants of one `before` all join its e-class).
+
+    **Returns:** how many union facts were added.
+    """
+    from egglog import i64, set_, union
+
+    from superopt.ir._egraph import _encode_node, rank
+
+    terms: dict[int, Any] = {}
+    actions = []
+    for rw in rewrites:
+        for n in toposort([rw.before, rw.after]):
+            if id(n) in terms:
+                continue
+            name = f"fz{next(_LET_COUNTER)}"
+            term = egraph.let(name, _encode_node(n, [terms[id(a)] for a in n.args]))
+            terms[id(n)] = term
+            if n.dtype is not None:
+                actions.append(set_(rank(term)).to(i64(n.ndim)))
+        actions.append(union(terms[id(rw.before)]).with_(terms[id(rw.after)]))
+    if actions:
+        egraph.register(*actions)
+    return len(rewrites)
+
+
+# Let names must be unique within an e-graph; a process-wide counter keeps them so.
+_LET_COUNTER = itertools.count()
