@@ -104,11 +104,17 @@ register_op(
 
 
 def _broadcast_shapes(args: Sequence[Node], name: str) -> tuple[int, ...]:
-    # lax lets a rank-0 operand stand for any shape; otherwise shapes must agree.
+    # lax lets a rank-0 operand stand for any shape, and (since jax 0.10) a size-1
+    # dimension stand for any size among operands of one rank; otherwise shapes agree.
     shapes = {a.shape for a in args if a.shape != ()}
-    if len(shapes) > 1:
+    if len({len(s) for s in shapes}) > 1:
         raise ShapeError(f"{name} needs operands of one shape, got {sorted(shapes)}")
-    return shapes.pop() if shapes else ()
+    if len(shapes) <= 1:
+        return shapes.pop() if shapes else ()
+    out = tuple(max(dims) for dims in zip(*shapes))
+    if any(d not in (1, o) for s in shapes for d, o in zip(s, out)):
+        raise ShapeError(f"{name} needs operands of one shape, got {sorted(shapes)}")
+    return out
 
 
 def _elementwise_type(result_dtype: str | None = None):
