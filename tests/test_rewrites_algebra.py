@@ -1,0 +1,72 @@
+"""Each algebra rule: it fires on a program that admits it, and keeps the values (f32, bf16)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import superopt
+from superopt._codegen import evaluate
+from superopt._search import search
+
+PROFILE = settings(max_examples=2, deadline=None)
+dims = st.integers(1, 12)
+dtypes = st.sampled_from([jnp.float32, jnp.bfloat16])
+
+CASES = {
+    "dot_assoc": (lambda a, b, c: (a @ b) @ c, lambda m, k, n, p: [(m, k), (k, n), (n, p)]),
+    "dot_assoc_vec": (lambda x, a, b: x @ (a @ b), lambda m, k, n, p: [(m,), (m, k), (k, n)]),
+    "dot_assoc_batched": (
+        lambda a, b, c: jnp.einsum("bij,bjk->bik", jnp.einsum("bij,bjk->bik", a, b), c),
+        lambda m, k, n, p: [(2, m, k), (2, k, n), (2, n, p)],
+    ),
+    "dot_factor_left": (lambda a, b, c: a @ b + a @ c, lambda m, k, n, p: [(m, k), (k, n), (k, n)]),
+    "dot_factor_right": (
+        lambda a, b, c: a @ c - b @ c,
+        lambda m, k, n, p: [(m, k), (m, k), (k, n)],
+    ),
+    "sum_of_dot": (lambda a, b: jnp.sum(a @ b), lambda m, k, n, p: [(m, k), (k, n)]),
+    "sum_rows_of_dot": (lambda a, b: jnp.sum(a @ b, axis=0), lambda m, k, n, p: [(m, k), (k, n)]),
+    "sum_cols_of_dot": (lambda a, b: jnp.sum(a @ b, axis=1), lambda m, k, n, p: [(m, k), (k, n)]),
+    "scalar_out_of_dot": (lambda a, b: (a * 3.0) @ b, lambda m, k, n, p: [(m, k), (k, n)]),
+    "transpose_of_dot": (lambda a, b: (a @ b).T, lambda m, k, n, p: [(m, k), (k, n)]),
+    "transpose_transpose": (lambda a, b: a.T.T @ b, lambda m, k, n, p: [(m, k), (k, n)]),
+    "mul_one": (lambda a, b: (a * 1.0) @ b, lambda m, k, n, p: [(m, k), (k, n)]),
+    "add_zero": (lambda a, b: (a + 0.0) @ b, lambda m, k, n, p: [(m, k), (k, n)]),
+}
+
+
+def _variants_of(name, fn, args):
+    tr = superopt.trace(fn, *args)
+    res = search(tr.program, rules=[name], top_k=16)
+    return tr, res
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@PROFILE
+@given(m=dims, k=dims, n=dims, p=dims, dtype=dtypes, seed=st.integers(0, 2**16))
+def test_rule_preserves_values(name, m, k, n, p, dtype, seed):
+    fn, shapes = CASES[name]
+    keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+    args = [jax.random.normal(kk, s, dtype) for kk, s in zip(keys, shapes(m, k, n, p))]
+    tr, res = _variants_of(name, fn, args)
+    ref = evaluate(tr.program, *args)
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-4
+    for cand in res.candidates:
+        out = evaluate(cand.program, *args)
+        for r, o in zip(ref, out):
+            scale = 1.0 + float(jnp.max(jnp.abs(r.astype(jnp.float32))))
+            err = float(jnp.max(jnp.abs(r.astype(jnp.float32) - o.astype(jnp.float32))))
+            assert err <= tol * scale * k * n, (name, err)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rule_fires(name):
+    fn, shapes = CASES[name]
+    args = [np.ones(s, np.float32) for s in shapes(8, 16, 4, 2)]
+    _, res = _variants_of(name, fn, args)
+    keys = {c.program.canonical_key() for c in res.candidates}
+    assert len(keys) >= 2, f"{name} produced no variant: {res.note}"
+    assert any(name in step.rule for c in res.candidates for step in c.rewrites), res.note

@@ -1,0 +1,76 @@
+"""The search driver: variants of the issue's cases, limits, and the transformer budget."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import superopt
+from superopt._search import search
+
+
+def _has(variants, op_counts):
+    return any(
+        all(v.program.count_ops().get(op, 0) == n for op, n in op_counts.items()) for v in variants
+    )
+
+
+def test_matrix_chain_reassociates():
+    n = 1024
+    a, b, x = np.ones((n, n), np.float32), np.ones((n, n), np.float32), np.ones(n, np.float32)
+    vs = superopt.variants(lambda a, b, x: (a @ b) @ x, a, b, x, limit=10)
+    best = vs[0]
+    assert "dot_assoc" in best.rules
+    assert all(len(n.shape) <= 1 for n in best.program.nodes() if n.op == "dot_general")
+
+
+def test_sum_of_product_and_scalar_and_distributivity():
+    a, b, c = (np.random.default_rng(i).normal(size=(32, 32)).astype(np.float32) for i in range(3))
+    vs = superopt.variants(lambda a, b: jnp.sum(a @ b), a, b)
+    assert "sum_of_dot" in vs[0].rules
+    np.testing.assert_allclose(vs[0].fn(a, b), jnp.sum(a @ b), rtol=1e-4)
+    small = np.ones((32, 2), np.float32)
+    vs = superopt.variants(lambda s, a, b: (s * a) @ b, jnp.float32(3), a, small)
+    assert "scalar_out_of_dot" in vs[0].rules
+    np.testing.assert_allclose(vs[0].fn(jnp.float32(3), a, small), (3 * a) @ small, rtol=1e-4)
+    vs = superopt.variants(lambda a, b, c: a @ b + a @ c, a, b, c)
+    assert "dot_factor_left" in vs[0].rules
+    assert vs[0].program.count_ops()["dot_general"] == 1
+
+
+def test_reference_kept_and_stats():
+    res = search(superopt.trace(lambda x: jnp.tanh(x) + 1.0, np.ones(4, np.float32)).program)
+    assert any(c.label == "reference" for c in res.candidates)
+    assert res.stats["stop_reason"] == "saturated"
+
+
+def _layer(x, p):
+    h = jax.nn.standardize(x, axis=-1) * p["g"][None, None, :]
+    q, k, v = h @ p["wq"], h @ p["wk"], h @ p["wv"]
+    b, t, d = q.shape
+    q, k, v = (z.reshape(b, t, 4, d // 4) for z in (q, k, v))
+    a = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(b, t, d)
+    x = x + a @ p["wo"]
+    h = jax.nn.standardize(x, axis=-1) * p["g2"][None, None, :]
+    return x + jax.nn.gelu(h @ p["w1"]) @ p["w2"]
+
+
+def test_transformer_saturation_budget():
+    d = 64
+    shapes = dict(g=(d,), g2=(d,), wq=(d, d), wk=(d, d), wv=(d, d), wo=(d, d), w1=(d, 4 * d),
+                  w2=(4 * d, d))  # fmt: skip
+    ps = [{k: np.full(s, 0.01, np.float32) for k, s in shapes.items()} for _ in range(12)]
+    x = np.ones((2, 16, d), np.float32)
+
+    def model(x, ps):
+        for p in ps:
+            x = _layer(x, p)
+        return x
+
+    prog = superopt.trace(model, x, ps).program
+    start = time.perf_counter()
+    res = search(prog, rules=["algebra"], top_k=1)
+    assert res.stats["seconds"] < 5.0, res.stats
+    assert res.stats["nodes"] < 200_000
+    assert time.perf_counter() - start < 30
