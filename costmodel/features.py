@@ -153,17 +153,31 @@ class NodeSignature:
             node.dtype,
         )
 
-    def key(self) -> str:
-        args = ";".join(f"{d}{s}" for s, d in self.arg_types)
-        return f"{self.op}[{self.params.key}]({args})->{self.dtype}{self.shape}"
+    def key(self) -> tuple[Any, ...]:
+        """A hashable key: equal keys have equal features (tuples hash faster than text)."""
+        return (self.op, self.params.key, self.arg_types, self.shape, self.dtype)
 
     def as_node(self) -> Node:
         """A node with placeholder operands of the right types (costs read only types)."""
         args = tuple(
-            Node("input", (), Params(index=i), tuple(s), d)
+            _TypedNode("input", (), Params(index=i), tuple(s), d)
             for i, (s, d) in enumerate(self.arg_types)
         )
-        return Node(self.op, args, self.params, tuple(self.shape), self.dtype)
+        return _TypedNode(self.op, args, self.params, tuple(self.shape), self.dtype)
+
+
+class _TypedNode(Node):
+    """A `Node` whose sizes are computed without numpy (featurizing is size-heavy)."""
+
+    __slots__ = ()
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.dtype is None else math.prod(self.shape) * self.dtype.itemsize
 
 
 def opcode_of(op: str) -> int:
@@ -183,16 +197,32 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+_DTYPE_COL: dict[Any, int] = {}
+
+
+def _dtype_col(dtype: np.dtype | None) -> int:
+    col = _DTYPE_COL.get(dtype)
+    if col is None:
+        name = None if dtype is None else dtype.name
+        col = _COL[f"dtype_{name}"] if name in _DTYPES else _COL["dtype_other"]
+        _DTYPE_COL[dtype] = col
+    return col
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
 def _raw_row(node: Node) -> list[float]:
-    """The node's features before the log/one-hot layout (cached per signature)."""
+    """The node's features (cached per signature)."""
     row = [0.0] * NUM_FEATURES
     shape = node.shape
     for i, d in enumerate(shape[-MAX_RANK:]):
         row[i] = _log(d)
     row[_COL["rank"]] = float(len(shape))
-    row[_COL["log_size"]] = _log(node.size)
-    dname = None if node.dtype is None else node.dtype.name
-    row[_COL[f"dtype_{dname}"] if dname in _DTYPES else _COL["dtype_other"]] = 1.0
+    size = _size(shape)
+    row[_COL["log_size"]] = _log(size)
+    row[_dtype_col(node.dtype)] = 1.0
     try:
         cost = node_cost(node)
         flops, trans, br, bw = cost.flops, cost.transcendentals, cost.bytes_read, cost.bytes_written
@@ -211,22 +241,23 @@ def _raw_row(node: Node) -> list[float]:
         row[_COL["elementwise"]] = float(get_op(node.op).elementwise)
     except Exception:
         pass
-    row[_COL["log_max_operand_size"]] = _log(max((a.size for a in node.args), default=0))
+    max_operand = max((_size(a.shape) for a in node.args), default=0)
+    row[_COL["log_max_operand_size"]] = _log(max_operand)
     if node.op == "dot_general" and node.args:
         (lc, _), _ = node.params["dimension_numbers"]
-        row[_COL["log_contracted"]] = _log(np.prod([node.args[0].shape[i] for i in lc]))
+        row[_COL["log_contracted"]] = _log(math.prod(node.args[0].shape[i] for i in lc))
     if node.op.startswith(("reduce_", "arg")) and node.args:
-        row[_COL["log_reduced"]] = _log(node.args[0].size / max(node.size, 1))
-    tiles = _tiles(node.params)
+        row[_COL["log_reduced"]] = _log(_size(node.args[0].shape) / max(size, 1))
+    tiles = _tiles(node.params) if node.params else []
     if tiles:
         row[_COL["log_tile0"]] = _log(tiles[0])
-        row[_COL["log_num_tiles"]] = _log(max((a.size for a in node.args), default=1) / tiles[0])
+        row[_COL["log_num_tiles"]] = _log(max(max_operand, 1) / tiles[0])
     if len(tiles) > 1:
         row[_COL["log_tile1"]] = _log(tiles[1])
     return row
 
 
-_ROW_CACHE: dict[str, tuple[int, list[float]]] = {}
+_ROW_CACHE: dict[tuple[Any, ...], tuple[int, list[float]]] = {}
 _ROW_CACHE_LIMIT = 200_000
 
 

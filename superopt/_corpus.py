@@ -205,7 +205,7 @@ def _matrix_chain(rng: np.random.Generator) -> Spec:
 def _normalization(rng: np.random.Generator) -> Spec:
     dt = _dtype(rng)
     n, d = _pick(rng, [64, 256, 1024, 4096]), _pick(rng, [64, 256, 1024])
-    x, g = _arr(rng, (n, d), dt), _arr(rng, (d,), dt)
+    x, g = _arr(rng, (n, d), dt), _arr(rng, (1, d), dt)
 
     def two_pass(x, g):
         mu = x.mean(-1, keepdims=True)
@@ -346,8 +346,11 @@ def _flat(fn: Callable[..., tuple[Any, ...]]) -> Callable[..., Any]:
     return lambda *xs: fn(*xs)
 
 
-def program_variants(spec: Spec, program_id: str, limit: int = 32) -> list[Variant]:
-    """Every variant of a spec: the hand-written ones, the e-graph's, and tile variants."""
+def program_variants(
+    spec: Spec, program_id: str, limit: int = 32, egraph: bool = True, egraph_limit: int = 12
+) -> list[Variant]:
+    """Every distinct variant of a spec: the hand-written ones, the e-graph's
+    (`superopt.variants`, at most `egraph_limit`, if `egraph`), and the tile variants."""
     out: list[Variant] = []
     seen: set[str] = set()
 
@@ -360,15 +363,15 @@ def program_variants(spec: Spec, program_id: str, limit: int = 32) -> list[Varia
     for name, fn in spec.fns.items():
         add(name, trace(fn, *spec.args).program)
     reference = out[0].program
-    try:
-        from . import _search
+    if egraph:
+        try:
+            from ._variants import variants
 
-        variants = getattr(_search, "variants", None)
-        if variants is not None:
-            for i, var in enumerate(variants(reference, limit=limit)):
-                add(f"egraph{i}", getattr(var, "program", var))
-    except Exception:
-        pass  # the e-graph's variants are a bonus; the hand-written ones always exist
+            ref_fn = next(iter(spec.fns.values()))
+            for i, var in enumerate(variants(ref_fn, *spec.args, limit=egraph_limit)):
+                add(f"egraph{i}", var.program)
+        except Exception:
+            pass  # the e-graph's variants are a bonus; the hand-written ones always exist
     for name, build in spec.fused.items():
         inputs = reference.inputs
         for tile in spec.tiles:
