@@ -213,7 +213,8 @@ def demo(
 def _summary(rows: list[tuple[str, Any, float]]) -> Table:
     table = Table(title="superopt demo")
     table.add_column("program", no_wrap=True)
-    for column in ("status", "rewrites", "verified", "speedup", "ops", "time"):
+    table.add_column("status", no_wrap=True)
+    for column in ("rewrites", "verified", "speedup", "ops", "time"):
         table.add_column(column)
     for name, report, elapsed in rows:
         speed = "-" if report.speedup is None else f"{report.speedup:.2f}x"

@@ -262,3 +262,11 @@ def test_jit_with_options_static_args_and_transforms():
     )  # fmt: skip
     with pytest.raises(superopt.SignatureError, match="not hashable"):
         g(x, [1])
+
+
+def test_the_real_search_reorders_a_matmul_chain():
+    a, b, v = _normal(0, 64, 64), _normal(1, 64, 64), _normal(2, 64, 2)
+    opt = superopt.optimize(lambda a, b, v: (a @ b) @ v, a, b, v, cost_model="flops", cache=False)
+    assert opt.report.status == "optimized", opt.report.reason
+    assert opt.report.rewrites and opt.report.verified
+    np.testing.assert_allclose(opt(a, b, v), (a @ b) @ v, rtol=1e-3, atol=1e-3)
