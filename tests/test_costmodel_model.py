@@ -1,0 +1,116 @@
+"""The learned model: batching, scoring, a smoke training run and checkpoints."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import superopt
+from costmodel.dataset import Dataset, Record, split_by_family
+from costmodel.features import NUM_FEATURES, featurize_program, featurize_signatures
+from costmodel.model import GraphModel, LearnedCostModel, bucket, pack
+from costmodel.train import TrainConfig, WeightsError, load_checkpoint, train
+from superopt.ir import node_cost
+
+
+def _graph(n, k, fam):
+    if fam in ("a", "b"):
+
+        def f(x, w):
+            return jnp.tanh(x @ w)
+    else:
+
+        def f(x, w):
+            return jnp.exp(x @ w).sum(0)
+
+    program = superopt.trace(f, jnp.ones((n, k)), jnp.ones((k, n))).program
+    flops = sum(node_cost(x).flops for x in program.nodes())
+    return featurize_program(program), 2e-6 + flops * 1e-10
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset():
+    rng = np.random.default_rng(0)
+    records = []
+    for fam in "abcd":
+        for p in range(3):
+            for v in range(4):
+                g, t = _graph(int(rng.integers(4, 96)), int(rng.integers(4, 96)), fam)
+                records.append(Record(fam, f"{fam}{p}", f"v{v}", g, t, 0.01))
+    return Dataset.from_records(records, {"backend": "cpu", "device_kind": "cpu"})
+
+
+def test_pack_pads_to_buckets_and_keeps_graphs_apart(tiny_dataset):
+    graphs = tiny_dataset.graphs([0, 1, 2])
+    batch = pack(graphs, 4)
+    n = sum(g.num_nodes for g in graphs)
+    assert batch.node_opcode.shape[0] == bucket(n + 1)
+    assert batch.node_mask.sum() == n
+    assert set(batch.node_graph[:n].tolist()) == {0, 1, 2}
+    assert (batch.node_graph[n:] == 4).all()
+    real = batch.edge_mask > 0
+    assert (batch.node_graph[batch.edge_src[real]] == batch.node_graph[batch.edge_dst[real]]).all()
+
+
+def test_scores_do_not_depend_on_batch_neighbours(tiny_dataset):
+    model = LearnedCostModel(
+        GraphModel(16, 4, 2, key=jax.random.PRNGKey(0)),
+        np.zeros(NUM_FEATURES, np.float32),
+        np.ones(NUM_FEATURES, np.float32),
+        -10.0,
+        batch_graphs=4,
+    )
+    graphs = tiny_dataset.graphs(range(6))
+    together = model.score_programs(graphs)
+    alone = np.concatenate([model.score_programs([g]) for g in graphs])
+    assert np.allclose(together, alone, rtol=1e-4)
+    assert (together > 0).all()
+    opcodes, feats = featurize_signatures([])
+    assert model.score_nodes(opcodes, feats).shape == (0,)
+
+
+def test_split_is_by_family_never_by_row(tiny_dataset):
+    fams, progs = tiny_dataset.family, tiny_dataset.program_id
+    train_idx, val_idx, test_idx = split_by_family(tiny_dataset, ("d",))
+    assert set(fams[test_idx]) == {"d"}
+    assert not set(fams[train_idx]) & {"d"}
+    # Three families left: validation holds out whole programs.
+    assert len(val_idx) and not set(progs[train_idx]) & set(progs[val_idx])
+    assert len(train_idx) + len(val_idx) + len(test_idx) == len(tiny_dataset)
+    # Four families left: validation holds out whole families.
+    train_idx, val_idx, _ = split_by_family(tiny_dataset, ())
+    assert len(val_idx) and not set(fams[train_idx]) & set(fams[val_idx])
+
+
+def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
+    config = TrainConfig(width=16, embed_dim=4, num_layers=2, batch_graphs=8, steps=30,
+                         eval_every=10, patience=10, learning_rate=5e-3)  # fmt: skip
+    result = train(tiny_dataset, test_families=("d",), config=config, out=tmp_path,
+                   progress=False)  # fmt: skip
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    loaded = load_checkpoint(tmp_path, backend="cpu")
+    graphs = tiny_dataset.graphs(result.test_idx[:5])
+    assert np.allclose(loaded.score_programs(graphs), result.model.score_programs(graphs))
+    # The per-node shares are what e-node extraction uses: positive and finite.
+    g = graphs[0]
+    shares = loaded.score_nodes(g.node_opcode, g.node_feat)
+    assert shares.shape == (g.num_nodes,) and np.isfinite(shares).all() and (shares > 0).all()
+
+
+def test_bad_checkpoints_raise_weights_error(tiny_dataset, tmp_path):
+    with pytest.raises(WeightsError, match="no cost-model weights"):
+        load_checkpoint(tmp_path / "missing")
+    config = TrainConfig(width=8, embed_dim=4, num_layers=1, batch_graphs=8, steps=2,
+                         eval_every=1)  # fmt: skip
+    train(tiny_dataset, config=config, out=tmp_path, progress=False)
+    with pytest.raises(WeightsError, match="backend 'cpu'"):
+        load_checkpoint(tmp_path, backend="tpu")
+    (tmp_path / "model.eqx").write_bytes(b"not weights")
+    with pytest.raises(WeightsError, match="corrupt"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "model.json").write_text("{")
+    with pytest.raises(WeightsError, match="not a readable"):
+        load_checkpoint(tmp_path)
