@@ -1,0 +1,66 @@
+"""The evaluation tasks and the PNG writer."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from costmodel.dataset import Dataset, Record
+from costmodel.evaluate import evaluate, scatter_png, task_metrics
+from costmodel.features import NUM_CONFIG, NUM_FEATURES, GraphArrays
+from costmodel.model import AbstractCostModel
+
+
+def _dataset():
+    g = GraphArrays(
+        np.zeros(1, np.int32),
+        np.zeros((1, NUM_FEATURES), np.float32),
+        np.zeros((0, 2), np.int32),
+        np.zeros(NUM_CONFIG, np.float32),
+    )
+    times = [1.0, 2.0, 3.0, 4.0]
+    records = [Record("f", "p0", f"t{i}", g, t, 0.0, "p0/tile") for i, t in enumerate(times)]
+    records += [Record("f", "p1", f"r{i}", g, t, 0.0) for i, t in enumerate([1.0, 5.0])]
+    return Dataset.from_records(records)
+
+
+def test_perfect_and_reversed_predictions():
+    ds = _dataset()
+    idx = np.arange(len(ds))
+    perfect = task_metrics(ds, idx, ds.runtime_s)
+    assert perfect.tile_tau == 1.0 and perfect.tile_slowdown == 0.0 and perfect.rewrite_mape == 0
+    assert perfect.tile_groups == 1 and perfect.rewrite_groups == 2
+    reversed_ = task_metrics(ds, idx, 1.0 / ds.runtime_s)
+    assert reversed_.tile_tau == -1.0
+    assert np.isclose(reversed_.tile_slowdown, 3.0)  # picks the 4 s tile over the 1 s one
+
+
+class _Oracle(AbstractCostModel):
+    def score_programs(self, graphs):
+        return np.arange(1, len(graphs) + 1, dtype=float)
+
+    def score_nodes(self, node_opcode, node_feat):
+        return np.zeros(len(node_opcode))
+
+
+def test_evaluate_tables_and_png(tmp_path):
+    ds = _dataset()
+    result = evaluate(ds, {"oracle": _Oracle()}, np.arange(4), ("f",), png=tmp_path / "s.png")
+    assert result.metrics["oracle"].tile_tau == 1.0
+    assert "| oracle | 1.000 | 0.0% |" in result.table()
+    data = (tmp_path / "s.png").read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
+
+
+def test_png_pixels_round_trip(tmp_path):
+    path = scatter_png(tmp_path / "p.png", np.asarray([1e-3, 1e-2]), {"m": np.asarray([1e-3, 1e-2])},
+                       size=64)  # fmt: skip
+    data = path.read_bytes()
+    start = data.index(b"IDAT") + 4
+    length = int.from_bytes(data[start - 8 : start - 4], "big")
+    raw = zlib.decompress(data[start : start + length])
+    rows = np.frombuffer(raw, np.uint8).reshape(64, 1 + 64 * 3)
+    assert (rows[:, 0] == 0).all()
+    pixels = rows[:, 1:].reshape(64, 64, 3)
+    assert ((pixels == (220, 50, 47)).all(-1)).sum() > 0  # the model's red points
