@@ -1,0 +1,256 @@
+"""Tracing: pytrees, static arguments, inlining, opaque nodes, errors, and speed."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from helpers import assert_tree_allclose, roundtrip, scalar_loss
+from jax import lax
+
+import superopt
+
+
+def _grad_matches(fn: Any, *args: Any, argnums: tuple[int, ...] = (0,)) -> None:
+    rt = roundtrip(fn, *args)
+    expected = jax.grad(scalar_loss(fn), argnums=argnums)(*args)
+    actual = jax.grad(scalar_loss(rt), argnums=argnums)(*args)
+    assert_tree_allclose(actual, expected, rtol=1e-5, atol=1e-6, what="gradient")
+
+
+def test_pytrees_in_and_out(getkey: Any) -> None:
+    def fn(params: dict[str, Any], batch: tuple[jax.Array, jax.Array]) -> dict[str, Any]:
+        x, y = batch
+        h = jnp.tanh(x @ params["w"] + params["b"][None, :])
+        return {"loss": jnp.mean((h - y) ** 2), "parts": [h, h.sum(0)]}
+
+    params = {"w": jr.normal(getkey(), (4, 3)), "b": jr.normal(getkey(), (3,))}
+    batch = (jr.normal(getkey(), (5, 4)), jr.normal(getkey(), (5, 3)))
+    rt = roundtrip(fn, params, batch)
+    assert rt.traced.out_tree == jax.tree_util.tree_structure(fn(params, batch))
+    assert len(rt.traced.program.inputs) == 4 and len(rt.traced.program.outputs) == 3
+    assert_tree_allclose(rt(params, batch), fn(params, batch))
+    _grad_matches(fn, params, batch)
+
+
+def test_static_arguments() -> None:
+    def fn(x: jax.Array, n: int, mode: str) -> jax.Array:
+        for _ in range(n):
+            x = jnp.sin(x) if mode == "sin" else jnp.cos(x)
+        return x
+
+    x = jnp.linspace(-1.0, 1.0, 6)
+    rt = roundtrip(fn, x, 3, "sin", static_argnums=(1, 2))
+    assert rt.traced.program.count_ops()["sin"] == 3
+    assert len(rt.traced.program.inputs) == 1
+    assert_tree_allclose(rt(x, 3, "sin"), fn(x, 3, "sin"))
+    with pytest.raises(superopt.SignatureError, match="static argument 1"):
+        rt(x, 4, "sin")
+    with pytest.raises(superopt.TraceError, match="out of range"):
+        superopt.trace(fn, x, 3, "sin", static_argnums=5)
+
+
+def test_multiple_outputs_and_shared_subterms() -> None:
+    def fn(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        e = jnp.exp(x)
+        return e, e + 1.0, e
+
+    rt = roundtrip(fn, jnp.arange(3.0))
+    program = rt.traced.program
+    assert len(program.outputs) == 3 and program.outputs[0] is program.outputs[2]
+    assert program.count_ops()["exp"] == 1
+    assert_tree_allclose(rt(jnp.arange(3.0)), fn(jnp.arange(3.0)))
+
+
+def test_literals_and_constants() -> None:
+    table = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+
+    def fn(x: jax.Array) -> jax.Array:
+        return x * 2.5 + jnp.asarray(table) - 1.0
+
+    x = jnp.ones((2, 3))
+    program = superopt.trace(fn, x).program
+    literals = {n.params["value"] for n in program.nodes() if n.op == "literal"}
+    assert {2.5, 1.0} <= literals
+    (const,) = [n for n in program.nodes() if n.op == "const"]
+    np.testing.assert_array_equal(np.asarray(program.consts[const.params["key"]]), table)
+    assert "consts[" in superopt.render(program)
+    assert_tree_allclose(superopt.to_callable(program)(x)[0], fn(x))
+
+
+def test_nested_jit_is_inlined() -> None:
+    @jax.jit
+    def inner(x: jax.Array) -> jax.Array:
+        return jnp.tanh(x) * 3.0
+
+    @jax.jit
+    def outer(x: jax.Array) -> jax.Array:
+        return inner(inner(x)) + 1.0
+
+    rt = roundtrip(outer, jnp.linspace(-2, 2, 5))
+    counts = rt.traced.program.count_ops()
+    assert counts["tanh"] == 2 and "opaque" not in counts
+    assert_tree_allclose(rt(jnp.linspace(-2, 2, 5)), outer(jnp.linspace(-2, 2, 5)))
+    _grad_matches(outer, jnp.linspace(-2, 2, 5))
+
+
+def test_custom_jvp_and_vjp_are_inlined() -> None:
+    @jax.custom_vjp
+    def softplus(x: jax.Array) -> jax.Array:
+        return jnp.logaddexp(x, 0.0)
+
+    def fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return softplus(x), x
+
+    def bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+        return (g * jax.nn.sigmoid(x),)
+
+    softplus.defvjp(fwd, bwd)
+
+    def fn(x: jax.Array) -> jax.Array:
+        # jax.nn.relu and jax.nn.silu carry custom_jvp rules.
+        return softplus(x) + jax.nn.relu(x) * jax.nn.silu(x)
+
+    x = jnp.linspace(-3, 3, 7) + 0.1
+    rt = roundtrip(fn, x)
+    assert "opaque" not in rt.traced.program.count_ops()
+    assert_tree_allclose(rt(x), fn(x))
+    _grad_matches(fn, x)
+
+
+def _opaque_cases() -> list[tuple[str, Any, tuple[Any, ...], bool]]:
+    key = jr.PRNGKey(0)
+    x = jr.normal(key, (6,))
+    img = jr.normal(key, (1, 2, 6, 6))
+    kernel = jr.normal(jr.PRNGKey(1), (3, 2, 3, 3))
+
+    def scan(x: jax.Array) -> jax.Array:
+        return lax.scan(lambda c, v: (c * 0.9 + v, jnp.sin(c)), 0.0, x)[1]
+
+    def while_loop(x: jax.Array) -> jax.Array:
+        return lax.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1] * 1.1), (0, x))[1]
+
+    def cond(x: jax.Array) -> jax.Array:
+        return lax.cond(x.sum() > 0, jnp.sin, jnp.cos, x)
+
+    def conv(img: jax.Array, kernel: jax.Array) -> jax.Array:
+        return lax.conv_general_dilated(img, kernel, (1, 1), "SAME")
+
+    def reduce_window(img: jax.Array) -> jax.Array:
+        return lax.reduce_window(img, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def scatter(x: jax.Array) -> jax.Array:
+        return x.at[jnp.array([0, 2, 2])].add(jnp.tanh(x[:3]))
+
+    # (name, fn, args, reverse-differentiable)
+    return [
+        ("scan", scan, (x,), True),
+        ("while", while_loop, (x,), False),
+        ("cond", cond, (x,), True),
+        ("conv_general_dilated", conv, (img, kernel), True),
+        ("reduce_window", reduce_window, (img,), True),
+        ("scatter", scatter, (x,), True),
+    ]
+
+
+@pytest.mark.parametrize("name, fn, args, differentiable", _opaque_cases(),
+                         ids=[c[0] for c in _opaque_cases()])  # fmt: skip
+def test_opaque_primitives_round_trip(name: str, fn: Any, args: Any, differentiable: bool) -> None:
+    rt = roundtrip(fn, *args)
+    program = rt.traced.program
+    opaque = [n for n in program.nodes() if n.op == "opaque"]
+    assert opaque, f"{name} should be kept as an opaque node"
+    assert name.split("_")[0] in " ".join(n.params["eqn"].primitive.name for n in opaque)
+    assert_tree_allclose(rt(*args), fn(*args), rtol=1e-5, atol=1e-5)
+    assert_tree_allclose(jax.jit(rt)(*args), jax.jit(fn)(*args), rtol=1e-5, atol=1e-5)
+    if differentiable:
+        _grad_matches(fn, *args, argnums=tuple(range(len(args))))
+
+
+def test_shape_dtype_struct_arguments_are_not_allocated() -> None:
+    # A 64 GiB matmul traces abstractly.
+    big = jax.ShapeDtypeStruct((131072, 131072), jnp.float32)
+    traced = superopt.trace(lambda a, b: a @ b, big, big)
+    (out,) = traced.program.outputs
+    assert out.shape == (131072, 131072) and out.op == "dot_general"
+
+
+def test_non_callable_is_a_trace_error() -> None:
+    table = {"w": 1}
+    with pytest.raises(superopt.TraceError, match=r"callable.*dict \{'w': 1\}"):
+        superopt.trace(table, jnp.ones(3))
+
+
+def test_string_argument_is_a_trace_error() -> None:
+    with pytest.raises(superopt.TraceError, match=r"\[1\]\['name'\].*str.*static_argnums"):
+        superopt.trace(lambda x, cfg: x, jnp.ones(3), {"name": "relu"})
+
+
+def test_failing_function_is_a_trace_error() -> None:
+    def broken(x: jax.Array) -> jax.Array:
+        return x @ jnp.ones((5, 2))
+
+    with pytest.raises(superopt.TraceError, match="broken"):
+        superopt.trace(broken, jnp.ones((2, 3)))
+
+
+def test_flatten_args_checks_the_signature() -> None:
+    def fn(x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+        return x * p["s"]
+
+    traced = superopt.trace(fn, jnp.ones((2, 3)), {"s": jnp.ones(())})
+    leaves = traced.flatten_args((jnp.zeros((2, 3)), {"s": jnp.ones(())}))
+    assert [np.shape(v) for v in leaves] == [(2, 3), ()]
+    with pytest.raises(superopt.SignatureError, match=r"float32\[3, 2\].*float32\[2, 3\]"):
+        traced.flatten_args((jnp.zeros((3, 2)), {"s": jnp.ones(())}))
+    with pytest.raises(superopt.SignatureError, match="int32"):
+        traced.flatten_args((jnp.zeros((2, 3), jnp.int32), {"s": jnp.ones(())}))
+    with pytest.raises(superopt.SignatureError, match="structure"):
+        traced.flatten_args((jnp.zeros((2, 3)), {"s": jnp.ones(()), "t": jnp.ones(())}))
+
+
+def test_x64_program_round_trips() -> None:
+    # (jax.experimental.enable_x64 became jax.enable_x64 in this JAX.)
+    with jax.enable_x64(True):
+        x = jnp.linspace(0.0, 1.0, 5, dtype=jnp.float64)
+        rt = roundtrip(lambda v: jnp.exp(v) / 3.0, x)
+        assert rt.traced.program.outputs[0].dtype == np.float64
+        assert_tree_allclose(rt(x), jnp.exp(x) / 3.0, rtol=1e-14, atol=0)
+
+
+def _layer(x: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+    h = jax.nn.standardize(x, axis=-1) * p["g"]
+    q, k, v = h @ p["wq"], h @ p["wk"], h @ p["wv"]
+    b, t, d = q.shape
+    q, k, v = (z.reshape(b, t, 4, d // 4) for z in (q, k, v))
+    a = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(b, t, d)
+    x = x + a @ p["wo"]
+    h = jax.nn.standardize(x, axis=-1) * p["g2"]
+    return x + jax.nn.gelu(h @ p["w1"]) @ p["w2"]
+
+
+def test_trace_and_codegen_of_a_transformer_is_fast() -> None:
+    d = 64
+    shapes = dict(g=(d,), g2=(d,), wq=(d, d), wk=(d, d), wv=(d, d), wo=(d, d),
+                  w1=(d, 4 * d), w2=(4 * d, d))  # fmt: skip
+    params = [{k: jnp.full(s, 0.01) for k, s in shapes.items()} for _ in range(12)]
+    x = jnp.ones((2, 16, d))
+
+    def model(x: jax.Array, ps: list[dict[str, jax.Array]]) -> jax.Array:
+        # `* p["g"]` broadcasts (2, 16, 64) by (64,): a library-style implicit promotion.
+        with jax.numpy_rank_promotion("allow"):
+            for p in ps:
+                x = _layer(x, p)
+        return x
+
+    start = time.perf_counter()
+    traced = superopt.trace(model, x, params)
+    superopt.to_callable(traced.program)
+    elapsed = time.perf_counter() - start
+    assert len(traced.program.nodes()) > 800
+    assert elapsed < 1.0, f"trace + codegen took {elapsed:.2f} s"
