@@ -1,0 +1,68 @@
+"""The corpus pipeline: families, variants, the resumable SQLite store and the export."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from superopt._corpus import FAMILIES, _retile, collect, export, plan, program_variants
+
+
+def test_plan_interleaves_families_and_rejects_unknown_ones():
+    p = plan(2, ["mlp", "xent"])
+    assert [fam for _, fam, _ in p] == ["mlp", "xent", "mlp", "xent"]
+    assert len({pid for pid, _, _ in p}) == 4
+    with pytest.raises(ValueError, match="unknown corpus families"):
+        plan(1, ["nope"])
+
+
+@pytest.mark.parametrize("family", ["xent", "matrix_chain", "normalization"])
+def test_variants_are_distinct_and_equivalent(family):
+    spec = FAMILIES[family](np.random.default_rng(3))
+    variants = program_variants(spec, "p", egraph=False)
+    keys = [v.program.canonical_key() for v in variants]
+    assert len(set(keys)) == len(keys) >= 2
+    ref = np.asarray(variants[0].fn(*spec.args)[0], np.float32)
+    # bfloat16 draws differ between formulations (one-pass variance cancels badly there).
+    tol = 5e-2 if spec.args[0].dtype == np.float32 else 0.5
+    for v in variants[1:]:
+        if v.variant_id.startswith("near_"):
+            continue
+        out = np.asarray(v.fn(*spec.args)[0], np.float32)
+        np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+def test_tile_variants_form_a_group():
+    spec = FAMILIES["xent"](np.random.default_rng(0))
+    variants = program_variants(spec, "p", egraph=False)
+    tiles = [v for v in variants if v.tile_group]
+    assert len(tiles) == len(spec.tiles) >= 3
+    assert {v.tile_group for v in tiles} == {"p/chunked"}
+    retiled = _retile(tiles[0].program, 77)
+    assert retiled.outputs[0].params["chunk"] == 77
+
+
+def test_collect_stores_resumes_and_exports(tmp_path):
+    db = tmp_path / "store.sqlite"
+    stats = collect(db, programs_per_family=1, families=["reduction", "elementwise"],
+                    budget_s=0.01, progress=False)  # fmt: skip
+    assert stats.programs_done == 2 and stats.errors == 0 and stats.variants_measured >= 4
+    again = collect(db, programs_per_family=2, families=["reduction", "elementwise"],
+                    budget_s=0.01, progress=False, time_limit_s=0.0)  # fmt: skip
+    assert again.programs_done >= 2 and again.estimated_remaining_s > 0
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    n_rows = con.execute("SELECT COUNT(*) FROM variants").fetchone()[0]
+    con.close()
+    dataset = export(db, tmp_path / "ds.npz")
+    assert len(dataset) == n_rows and dataset.meta["backend"] == "cpu"
+    assert (dataset.runtime_s > 0).all()
+    assert sorted(dataset.families()) == ["elementwise", "reduction"]
+    from costmodel.dataset import Dataset
+
+    loaded = Dataset.load(tmp_path / "ds.npz")
+    assert loaded.content_hash() == dataset.content_hash()
+    g = loaded.graph(0)
+    assert g.node_feat.shape[0] == g.node_opcode.shape[0] > 0

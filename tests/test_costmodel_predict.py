@@ -1,0 +1,70 @@
+"""`superopt.predict_runtime` with shipped, missing, corrupt and foreign weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax.numpy as jnp
+import pytest
+
+import superopt
+from costmodel.train import WeightsError
+from superopt._predict import default_weights
+
+
+def f(x, w):
+    return jnp.tanh(x @ w).sum()
+
+
+ARGS = (jnp.ones((64, 128)), jnp.ones((128, 256)))
+
+
+@pytest.fixture
+def weights(tmp_path):
+    path = tmp_path / "weights"
+    shutil.copytree(default_weights(), path)
+    return path
+
+
+def test_shipped_weights_predict_a_positive_time():
+    seconds = superopt.predict_runtime(f, *ARGS)
+    assert seconds.model == "learned" and 0 < seconds < 10 and seconds.note == ""
+    analytical = superopt.predict_runtime(f, *ARGS, model="analytical")
+    assert analytical.model == "analytical" and 0 < analytical < 10
+
+
+def test_bigger_work_is_predicted_slower_by_the_analytical_model():
+    small = superopt.predict_runtime(f, jnp.ones((8, 16)), jnp.ones((16, 8)), model="analytical")
+    big = superopt.predict_runtime(f, jnp.ones((512, 512)), jnp.ones((512, 512)),
+                                   model="analytical")  # fmt: skip
+    assert big > small
+
+
+def test_missing_weights_raise_or_fall_back(tmp_path):
+    with pytest.raises(WeightsError, match="superopt train"):
+        superopt.predict_runtime(f, *ARGS, weights=tmp_path / "nowhere")
+    seconds = superopt.predict_runtime(f, *ARGS, weights=tmp_path / "nowhere", fallback=True)
+    assert seconds.model == "analytical" and "learned model unavailable" in seconds.note
+    assert seconds > 0
+
+
+def test_corrupt_weights_raise_a_clear_error(weights):
+    (weights / "model.eqx").write_bytes(b"\x00" * 10)
+    with pytest.raises(WeightsError, match="corrupt"):
+        superopt.predict_runtime(f, *ARGS, weights=weights)
+
+
+def test_wrong_backend_weights_raise_a_clear_error(weights):
+    meta = json.loads((weights / "model.json").read_text())
+    meta["backend"] = "tpu"
+    (weights / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="trained on backend 'tpu'"):
+        superopt.predict_runtime(f, *ARGS, weights=weights)
+    fallback = superopt.predict_runtime(f, *ARGS, weights=weights, fallback=True)
+    assert fallback.model == "analytical" and "tpu" in fallback.note
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="model must be"):
+        superopt.predict_runtime(f, *ARGS, model="magic")
