@@ -80,6 +80,24 @@ def test_roundtrip_mixed(case: sot.ProgramCase) -> None:
     _check_roundtrip(case)
 
 
+@settings(max_examples=15)
+@given(sot.programs(max_ops=5, dtypes=(jnp.float32, jnp.bfloat16, jnp.float16)))
+def test_roundtrip_mixed_precision(case: sot.ProgramCase) -> None:
+    _check_roundtrip(case)
+
+
+def test_roundtrip_float64() -> None:
+    with jax.enable_x64(True):
+
+        @settings(max_examples=10)
+        @given(sot.programs(max_ops=5, dtypes=(jnp.float64,)))
+        def check(case: sot.ProgramCase) -> None:
+            assert all(a.dtype == jnp.float64 for a in case.args)
+            _check_roundtrip(case)
+
+        check()
+
+
 @settings(max_examples=25)
 @given(sot.programs(max_ops=6))
 def test_codegen_matches_interpreter(case: sot.ProgramCase) -> None:
