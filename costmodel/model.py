@@ -4,8 +4,10 @@
 through a node MLP; a per-node head gives each node an additive runtime share (this is what
 scores e-nodes during extraction); GraphSAGE-style message passing over `edge_index`
 (`jax.ops.segment_sum`, both directions), then sum and max pooling and an MLP head add a
-whole-graph correction. The prediction is `log(sum_i exp(node_log_i)) + correction`, in
-log seconds.
+whole-graph correction. With a base model (the fitted analytical roofline), the network
+learns what the base misses: the prediction is
+`log(base + sum_i exp(node_log_i)) + correction`, in log seconds; without one,
+`log(sum_i exp(node_log_i)) + correction`.
 
 Graphs are batched by concatenation into one padded graph whose node and edge counts are
 rounded up to a power of two, so each bucket compiles once.
@@ -56,6 +58,7 @@ class Batch:
     edge_dst: Int[Array, " edges"]
     edge_mask: Float[Array, " edges"]
     config: Float[Array, "graphs config"]
+    base_log: Float[Array, " graphs"]
     num_graphs: int
 
 
@@ -70,9 +73,13 @@ jax.tree_util.register_dataclass(
         "edge_dst",
         "edge_mask",
         "config",
+        "base_log",
     ],
     meta_fields=["num_graphs"],
 )
+
+
+_NO_BASE = -1e9
 
 
 def bucket(n: int, minimum: int = 64) -> int:
@@ -87,6 +94,7 @@ def pack(
     feat_mean: np.ndarray | None = None,
     feat_std: np.ndarray | None = None,
     pad_to: tuple[int, int] | None = None,
+    base_log: np.ndarray | None = None,
 ) -> Batch:
     """Concatenate graphs into one padded `Batch` (normalizing node features if given).
 
@@ -95,6 +103,7 @@ def pack(
     - `graphs`: the programs' arrays.
     - `num_graphs`: the static graph count (more than `len(graphs)` pads with empty graphs).
     - `feat_mean`, `feat_std`: node-feature normalization.
+    - `base_log`: the base model's log seconds per graph (minus the model's offset).
     - `pad_to`: fixed `(nodes, edges)` sizes (training pads every batch alike so that it
       compiles once); by default the counts are rounded up to a power of two.
 
@@ -127,7 +136,10 @@ def pack(
         feat[:no] = (feat[:no] - feat_mean) / feat_std
     node_mask = (np.arange(n) < no).astype(np.float32)
     edge_mask = (np.arange(e) < eo).astype(np.float32)
-    return Batch(opcode, feat, graph, node_mask, src, dst, edge_mask, config, b)
+    base = np.full(b, _NO_BASE, np.float32)
+    if base_log is not None:
+        base[: len(graphs)] = base_log
+    return Batch(opcode, feat, graph, node_mask, src, dst, edge_mask, config, base, b)
 
 
 class _SAGELayer(eqx.Module):
@@ -177,7 +189,9 @@ class GraphModel(eqx.Module):
         self.node_mlp = eqx.nn.MLP(
             NUM_FEATURES + embed_dim, width, width, 2, activation=jax.nn.gelu, key=k_mlp
         )
-        self.node_head = eqx.nn.Linear(width, "scalar", key=k_node)
+        # Node shares start small, so an untrained network predicts about the base.
+        node_head = eqx.nn.Linear(width, "scalar", key=k_node)
+        self.node_head = eqx.tree_at(lambda m: m.bias, node_head, jnp.asarray(-3.0))
         self.layers = tuple(_SAGELayer(width, key=k) for k in k_layers)
         self.head = eqx.nn.MLP(
             2 * width + NUM_CONFIG, "scalar", width, 2, activation=jax.nn.gelu, key=k_head
@@ -201,6 +215,7 @@ class GraphModel(eqx.Module):
         peak = jnp.where(jnp.isfinite(peak) & (peak > -1e29), peak, 0.0)
         total = jax.ops.segment_sum(jnp.exp(masked - peak[seg]) * batch.node_mask, seg, b + 1)
         additive = (peak + jnp.log(jnp.maximum(total, 1e-30)))[:b]
+        additive = jnp.logaddexp(additive, batch.base_log)
         for layer in self.layers:
             h = layer(h, batch)
         mask = batch.node_mask[:, None]
@@ -230,6 +245,7 @@ class LearnedCostModel(AbstractCostModel):
     - `network`: the `GraphModel`.
     - `feat_mean`, `feat_std`: node-feature normalization (`float32[NUM_FEATURES]`).
     - `log_offset`: added to the network's output to give log seconds.
+    - `base`: a model whose prediction the network corrects (`None` for none).
     """
 
     network: GraphModel
@@ -237,13 +253,26 @@ class LearnedCostModel(AbstractCostModel):
     feat_std: np.ndarray = eqx.field(static=False)
     log_offset: float = eqx.field(static=True, default=0.0)
     batch_graphs: int = eqx.field(static=True, default=32)
+    base: AbstractCostModel | None = None
+
+    def base_log(self, graphs: Sequence[GraphArrays]) -> np.ndarray | None:
+        """The base model's log seconds minus the offset (what `pack` takes)."""
+        if self.base is None:
+            return None
+        return np.log(np.maximum(self.base.score_programs(graphs), 1e-12)) - self.log_offset
 
     def score_programs(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
         out = np.zeros(len(graphs))
         mean, std = np.asarray(self.feat_mean), np.asarray(self.feat_std)
         for i in range(0, len(graphs), self.batch_graphs):
             chunk = graphs[i : i + self.batch_graphs]
-            batch = pack(chunk, self.batch_graphs, feat_mean=mean, feat_std=std)
+            batch = pack(
+                chunk,
+                self.batch_graphs,
+                feat_mean=mean,
+                feat_std=std,
+                base_log=self.base_log(chunk),
+            )
             log_s, _ = _forward(self.network, batch)
             out[i : i + len(chunk)] = np.asarray(log_s[: len(chunk)])
         return np.exp(out + self.log_offset)
@@ -260,4 +289,7 @@ class LearnedCostModel(AbstractCostModel):
         opcode[:n] = node_opcode
         feat[:n] = (np.asarray(node_feat) - np.asarray(self.feat_mean)) / np.asarray(self.feat_std)
         log_s = np.asarray(_encode(self.network, opcode, feat))[:n]
-        return np.exp(log_s.astype(np.float64) + self.log_offset)
+        shares = np.exp(log_s.astype(np.float64) + self.log_offset)
+        if self.base is not None:
+            shares = shares + self.base.score_nodes(node_opcode, node_feat)
+        return shares

@@ -132,9 +132,17 @@ def _prepare(
     std: np.ndarray,
     offset: float,
     pad_to: tuple[int, int],
+    base_log: np.ndarray | None,
 ) -> tuple[Batch, jax.Array, jax.Array]:
     b = config.batch_graphs
-    batch = pack(dataset.graphs(idx), b, feat_mean=mean, feat_std=std, pad_to=pad_to)
+    batch = pack(
+        dataset.graphs(idx),
+        b,
+        feat_mean=mean,
+        feat_std=std,
+        pad_to=pad_to,
+        base_log=None if base_log is None else base_log[idx],
+    )
     target = np.zeros(b, np.float32)
     target[: len(idx)] = np.log(dataset.runtime_s[idx]) - offset
     _, codes = np.unique(dataset.program_id, return_inverse=True)
@@ -151,6 +159,7 @@ def train(
     out: str | Path | None = None,
     progress: bool = True,
     time_limit_s: float | None = None,
+    base: Any = "analytical",
 ) -> TrainResult:
     """Train a `LearnedCostModel` on a dataset of measured variants.
 
@@ -162,6 +171,8 @@ def train(
     - `out`: a checkpoint directory to write the best model to, or `None`.
     - `progress`: show a rich progress bar.
     - `time_limit_s`: stop (keeping the best model) after this many seconds.
+    - `base`: `"analytical"` fits the analytical roofline on the training split and
+      trains the network to correct it; `None` trains the network alone; or a model.
 
     **Returns:** a `TrainResult` with the best model by validation loss.
     """
@@ -178,6 +189,14 @@ def train(
     log_t = np.log(dataset.runtime_s[train_idx])
     # The network's additive part sums node shares, so start from the mean per-graph time.
     offset = float(log_t.mean())
+    if isinstance(base, str) and base == "analytical":
+        from .analytical import AnalyticalCostModel
+
+        fit_idx = np.concatenate([train_idx, val_idx])
+        base = AnalyticalCostModel().fit(dataset.graphs(fit_idx), dataset.runtime_s[fit_idx])
+    base_log = None
+    if base is not None:
+        base_log = np.log(np.maximum(base.score_programs(dataset.graphs()), 1e-12)) - offset
     key = jax.random.PRNGKey(config.seed)
     network = GraphModel(config.width, config.embed_dim, config.num_layers, key=key)
     schedule = optax.warmup_cosine_decay_schedule(
@@ -193,7 +212,7 @@ def train(
     sizes_e = np.sort(np.diff(dataset.edge_offsets))[::-1][: config.batch_graphs]
     pad_to = (bucket(int(sizes_n.sum()) + 1), bucket(int(sizes_e.sum()) + 1))
     val_batches = [
-        _prepare(dataset, b, config, mean, std, offset, pad_to)
+        _prepare(dataset, b, config, mean, std, offset, pad_to, base_log)
         for b in _group_batches(dataset.program_id[val_idx], rng, config.batch_graphs)
         for b in [val_idx[b]]
     ]
@@ -207,7 +226,7 @@ def train(
         while step < config.steps:
             for local in _group_batches(dataset.program_id[train_idx], rng, config.batch_graphs):
                 batch, target, group = _prepare(
-                    dataset, train_idx[local], config, mean, std, offset, pad_to
+                    dataset, train_idx[local], config, mean, std, offset, pad_to, base_log
                 )
                 network, opt_state, loss = _step(
                     network, opt_state, batch, target, group, optimizer,
@@ -233,7 +252,7 @@ def train(
             ):
                 break
     network = best[1] if np.isfinite(best[0]) else network
-    model = LearnedCostModel(network, mean, std, offset, config.batch_graphs)
+    model = LearnedCostModel(network, mean, std, offset, config.batch_graphs, base)
     result = TrainResult(
         model, config, train_idx, val_idx, test_idx, history, time.perf_counter() - start
     )
@@ -295,6 +314,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "config": config.__dict__,
         "log_offset": model.log_offset,
+        "base": model.base.to_json() if model.base is not None else None,
         "num_features": NUM_FEATURES,
         "num_opcodes": len(OPCODES),
         "dataset_hash": dataset.content_hash() if dataset is not None else None,
@@ -341,6 +361,11 @@ def load_checkpoint(path: str | Path, backend: str | None = None) -> LearnedCost
         meta = json.loads(meta_path.read_text())
         cfg = TrainConfig(**meta["config"])
         offset = float(meta["log_offset"])
+        base = None
+        if meta.get("base"):
+            from .analytical import AnalyticalCostModel
+
+            base = AnalyticalCostModel.from_json(meta["base"])
     except (ValueError, KeyError, TypeError) as err:
         raise WeightsError(
             f"{meta_path} is not a readable cost-model metadata file ({err}); retrain with "
@@ -366,6 +391,7 @@ def load_checkpoint(path: str | Path, backend: str | None = None) -> LearnedCost
         np.ones(NUM_FEATURES, np.float32),
         offset,
         cfg.batch_graphs,
+        base,
     )
     try:
         return eqx.tree_deserialise_leaves(leaves_path, skeleton)
@@ -424,7 +450,9 @@ def run_training(
         progress=progress,
         time_limit_s=time_limit_s,
     )
-    fit_idx = np.concatenate([result.train_idx, result.val_idx])
-    analytical = AnalyticalCostModel().fit(dataset.graphs(fit_idx), dataset.runtime_s[fit_idx])
+    analytical = result.model.base
+    if analytical is None:
+        fit_idx = np.concatenate([result.train_idx, result.val_idx])
+        analytical = AnalyticalCostModel().fit(dataset.graphs(fit_idx), dataset.runtime_s[fit_idx])
     (Path(out) / "analytical.json").write_text(analytical.to_json())
     return result
