@@ -11,7 +11,7 @@ import superopt
 from costmodel.dataset import Dataset, Record, split_by_family
 from costmodel.features import NUM_FEATURES, featurize_program, featurize_signatures
 from costmodel.model import GraphModel, LearnedCostModel, bucket, pack
-from costmodel.train import TrainConfig, WeightsError, load_checkpoint, train
+from costmodel.train import TrainConfig, WeightsError, load_checkpoint, save_checkpoint, train
 from superopt.ir import node_cost
 
 
@@ -103,9 +103,14 @@ def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
 def test_bad_checkpoints_raise_weights_error(tiny_dataset, tmp_path):
     with pytest.raises(WeightsError, match="no cost-model weights"):
         load_checkpoint(tmp_path / "missing")
-    config = TrainConfig(width=8, embed_dim=4, num_layers=1, batch_graphs=8, steps=2,
-                         eval_every=1)  # fmt: skip
-    train(tiny_dataset, config=config, out=tmp_path, progress=False)
+    config = TrainConfig(width=8, embed_dim=4, num_layers=1)
+    model = LearnedCostModel(
+        GraphModel(8, 4, 1, key=jax.random.PRNGKey(0)),
+        np.zeros(NUM_FEATURES, np.float32),
+        np.ones(NUM_FEATURES, np.float32),
+    )
+    save_checkpoint(tmp_path, model, config, tiny_dataset)
+    assert load_checkpoint(tmp_path, backend="cpu").log_offset == 0.0
     with pytest.raises(WeightsError, match="backend 'cpu'"):
         load_checkpoint(tmp_path, backend="tpu")
     (tmp_path / "model.eqx").write_bytes(b"not weights")
@@ -114,3 +119,23 @@ def test_bad_checkpoints_raise_weights_error(tiny_dataset, tmp_path):
     (tmp_path / "model.json").write_text("{")
     with pytest.raises(WeightsError, match="not a readable"):
         load_checkpoint(tmp_path)
+
+
+def test_scoring_ten_thousand_enodes_is_fast(tiny_dataset):
+    import time
+
+    model = LearnedCostModel(
+        GraphModel(key=jax.random.PRNGKey(0)),
+        np.zeros(NUM_FEATURES, np.float32),
+        np.ones(NUM_FEATURES, np.float32),
+        -10.0,
+    )
+    feats = np.concatenate([g.node_feat for g in tiny_dataset.graphs()])
+    opcodes = np.concatenate([g.node_opcode for g in tiny_dataset.graphs()])
+    reps = -(-10_000 // len(opcodes))
+    opcodes, feats = np.tile(opcodes, reps)[:10_000], np.tile(feats, (reps, 1))[:10_000]
+    model.score_nodes(opcodes, feats)  # compiles once for this bucket
+    start = time.perf_counter()
+    scores = model.score_nodes(opcodes, feats)
+    assert time.perf_counter() - start < 1.0
+    assert scores.shape == (10_000,) and (scores > 0).all()
