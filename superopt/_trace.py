@@ -106,7 +106,18 @@ def _same_static(a: Any, b: Any) -> bool:
 
 
 def _leaf_dtype(leaf: Any) -> np.dtype:
-    return np.dtype(jax.dtypes.canonicalize_dtype(jax.numpy.result_type(leaf)))
+    dtype = jax.numpy.result_type(leaf)
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.extended):
+        return dtype
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
+def _dtype(dtype: Any) -> np.dtype:
+    """A numpy dtype; JAX's extended dtypes (typed PRNG keys) are kept as they are, since
+    numpy cannot represent them and only opaque nodes produce or consume them."""
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.extended):
+        return dtype
+    return np.dtype(dtype)
 
 
 class _Builder:
@@ -194,7 +205,7 @@ class _Builder:
                     f"equation `{eqn.primitive.name}` produces a {type(aval).__name__}, "
                     "which superopt cannot carry; it supports array-valued programs"
                 )
-            out_types.append((tuple(int(d) for d in aval.shape), np.dtype(aval.dtype)))
+            out_types.append((tuple(int(d) for d in aval.shape), _dtype(aval.dtype)))
         node = Node(
             "opaque",
             tuple(ins),
@@ -261,7 +272,7 @@ def trace(
     specs = []
     inputs = []
     for i, v in enumerate(closed.jaxpr.invars):
-        shape, dtype = tuple(int(d) for d in v.aval.shape), np.dtype(v.aval.dtype)
+        shape, dtype = tuple(int(d) for d in v.aval.shape), _dtype(v.aval.dtype)
         specs.append(ArgSpec(shape, dtype))
         inputs.append(Node("input", (), Params(index=i), shape, dtype))
     outputs = builder.convert(closed.jaxpr, closed.consts, inputs)

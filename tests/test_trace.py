@@ -172,6 +172,20 @@ def test_opaque_primitives_round_trip(name: str, fn: Any, args: Any, differentia
         _grad_matches(fn, *args, argnums=tuple(range(len(args))))
 
 
+@pytest.mark.parametrize("make_key", [jr.PRNGKey, jr.key], ids=["raw_key", "typed_key"])
+def test_prng_keys_pass_through_opaque_nodes(make_key: Any) -> None:
+    # Dropout-style randomness: key values live only in opaque nodes.
+    def dropout(key: jax.Array, x: jax.Array) -> jax.Array:
+        return x * jr.bernoulli(key, 0.5, x.shape) / 0.5
+
+    key, x = make_key(3), jnp.linspace(1.0, 2.0, 8)
+    rt = roundtrip(dropout, key, x)
+    assert_tree_allclose(rt(key, x), dropout(key, x))
+    assert_tree_allclose(jax.jit(rt)(make_key(4), x), dropout(make_key(4), x))
+    _grad_matches(dropout, key, x, argnums=(1,))
+    assert superopt.ir.node_cost(rt.traced.program.outputs[0]).bytes > 0
+
+
 def test_shape_dtype_struct_arguments_are_not_allocated() -> None:
     # A 64 GiB matmul traces abstractly.
     big = jax.ShapeDtypeStruct((131072, 131072), jnp.float32)

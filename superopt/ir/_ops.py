@@ -684,7 +684,8 @@ class OpaqueEqn:
 
 
 def _opaque_cost(node: Node) -> Cost:
-    out = sum(float(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize
+    # `d.itemsize`, not `np.dtype(d)`: typed PRNG keys are not numpy dtypes.
+    out = sum(float(np.prod(s, dtype=np.int64)) * d.itemsize
               for s, d in node.params["out_types"])  # fmt: skip
     return Cost(0.0, 0.0, float(sum(a.nbytes for a in node.args)), out)
 
@@ -704,7 +705,7 @@ register_op(
 def _tuple_get_type(args: Sequence[Node], p: Params):
     (x,) = args
     shape, dtype = x.params["out_types"][p["index"]]
-    return shape, np.dtype(dtype)
+    return shape, dtype
 
 
 register_op(
