@@ -34,8 +34,9 @@ from ._errors import ShapeError
 from ._node import Node, Params
 from ._registry import Cost, OpDef, register_op
 
-# Bytes of fast memory (cache or VMEM) a tile's intermediate may use before it spills.
-ON_CHIP_BYTES = 4 * 2**20
+# Bytes of fast memory a tile's intermediate may use before it spills (a large last-level
+# cache or an accelerator's L2/VMEM; a documented guess, the learned model corrects it).
+ON_CHIP_BYTES = 16 * 2**20
 
 # `jax.nn.dot_product_attention` fills masked scores with this (finite, so a fully masked
 # row becomes a uniform softmax rather than NaN).

@@ -1,0 +1,161 @@
+"""The fused ops equal the compositions they replace, in value and gradient."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+import superopt
+from superopt.ir import Cost, Node, Params, ShapeError, make, node_cost
+from superopt.ir._fused import chunked_xent, flash_attention
+
+FAST = settings(max_examples=5, deadline=None, phases=(Phase.explicit, Phase.generate))
+TOL = {"float32": (2e-4, 2e-4), "bfloat16": (4e-2, 6e-2)}
+
+
+def _close(a, b, dtype, scale=1.0):
+    rtol, atol = TOL[dtype]
+    np.testing.assert_allclose(
+        np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=rtol, atol=atol * scale
+    )
+
+
+def _xent_ref(h, w, labels, b):
+    logits = h.astype(jnp.float32) @ w.astype(jnp.float32)
+    if b is not None:
+        logits = logits + b.astype(jnp.float32)[None, :]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+@FAST
+@given(
+    n=st.integers(1, 9),
+    d=st.integers(1, 12),
+    v=st.integers(2, 70),
+    chunk=st.integers(1, 80),
+    bias=st.booleans(),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 2**16),
+)
+def test_chunked_xent_value_and_grad(n, d, v, chunk, bias, dtype, seed):
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    h = jax.random.normal(k[0], (n, d)).astype(dtype)
+    w = jax.random.normal(k[1], (d, v)).astype(dtype)
+    labels = jax.random.randint(k[2], (n,), -v, v)
+    b = jax.random.normal(k[3], (v,)).astype(dtype) if bias else None
+
+    got = chunked_xent(h, w, labels, b, chunk=chunk)
+    assert got.shape == (n,) and got.dtype == jnp.dtype(dtype)
+    _close(got, _xent_ref(h, w, labels, b), dtype, scale=d)
+
+    def loss(fn, h, w, b):
+        return jnp.sum(fn(h, w, labels, b).astype(jnp.float32) * jnp.arange(1.0, n + 1))
+
+    g_got = jax.grad(lambda *a: loss(lambda *x: chunked_xent(*x, chunk=chunk), *a), (0, 1, 2))
+    g_ref = jax.grad(lambda *a: loss(_xent_ref, *a), (0, 1, 2))
+    for x, y in zip(g_got(h, w, b), g_ref(h, w, b)):
+        if y is not None:
+            assert x.dtype == y.dtype
+            _close(x, y, dtype, scale=n)
+
+
+def _attn_ref(q, k, v, mask, causal):
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    return jax.nn.dot_product_attention(*f32, mask=mask, is_causal=causal)
+
+
+@FAST
+@given(
+    b=st.integers(1, 2),
+    t=st.integers(1, 20),
+    s=st.integers(1, 24),
+    h=st.integers(1, 3),
+    d=st.integers(1, 8),
+    block=st.integers(1, 30),
+    causal=st.booleans(),
+    masked=st.booleans(),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 2**16),
+)
+def test_flash_attention_value_and_grad(b, t, s, h, d, block, causal, masked, dtype, seed):
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    q = jax.random.normal(k[0], (b, t, h, d)).astype(dtype)
+    kk = jax.random.normal(k[1], (b, s, h, d)).astype(dtype)
+    v = jax.random.normal(k[2], (b, s, h, d)).astype(dtype)
+    mask = jax.random.bernoulli(k[3], 0.6, (b, 1, t, s)) if masked else None
+
+    got = flash_attention(q, kk, v, mask, block=block, causal=causal)
+    assert got.shape == q.shape and got.dtype == q.dtype
+    _close(got, _attn_ref(q, kk, v, mask, causal), dtype)
+
+    weights = jnp.arange(got.size, dtype=jnp.float32).reshape(got.shape) / got.size
+
+    def loss(fn, *a):
+        return jnp.sum(fn(*a).astype(jnp.float32) * weights)
+
+    g_got = jax.grad(
+        lambda *a: loss(lambda *x: flash_attention(*x, mask, block=block, causal=causal), *a),
+        (0, 1, 2),
+    )(q, kk, v)
+    g_ref = jax.grad(lambda *a: loss(lambda *x: _attn_ref(*x, mask, causal), *a), (0, 1, 2))(
+        q, kk, v
+    )
+    for x, y in zip(g_got, g_ref):
+        _close(x, y, dtype, scale=4.0)
+
+
+def _inp(i, shape, dtype="float32"):
+    return Node("input", (), Params(index=i), shape, np.dtype(dtype))
+
+
+def test_ir_nodes_type_lower_and_render():
+    h, w, lab = _inp(0, (4, 8)), _inp(1, (8, 100)), _inp(2, (4,), "int32")
+    node = make("chunked_xent", h, w, lab, chunk=64)
+    assert node.shape == (4,) and node.dtype == np.float32
+    prog = superopt.ir.Program((h, w, lab), (node,))
+    src = superopt.render(prog)
+    assert "fused.chunked_xent(x0, x1, x2, chunk=64)" in src
+    args = (jnp.ones((4, 8)), jnp.ones((8, 100)) / 8, jnp.arange(4, dtype=jnp.int32))
+    (out,) = superopt.to_callable(prog)(*args)
+    np.testing.assert_allclose(out, _xent_ref(*args, None), rtol=1e-5)
+
+    q = _inp(0, (1, 16, 2, 4))
+    att = make("flash_attention", q, q, q, block=8, scale=0.5, causal=True, mask_value=-1e30)
+    assert att.shape == (1, 16, 2, 4)
+    src = superopt.render(superopt.ir.Program((q,), (att,)))
+    assert "fused.flash_attention(x0, x0, x0, block=8, causal=True" in src
+
+
+def test_type_errors_name_the_problem():
+    h, w = _inp(0, (4, 8)), _inp(1, (9, 100))
+    with pytest.raises(ShapeError, match="chunked_xent"):
+        make("chunked_xent", h, w, _inp(2, (4,), "int32"), chunk=64)
+    q, k = _inp(0, (1, 16, 2, 4)), _inp(1, (1, 16, 3, 4))
+    with pytest.raises(ShapeError, match="flash_attention"):
+        make("flash_attention", q, k, k, block=8, scale=1.0, causal=False, mask_value=0.0)
+    with pytest.raises(ShapeError, match="chunk"):
+        chunked_xent(jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.zeros(2, jnp.int32), chunk=0)
+
+
+def test_costs_do_not_count_the_big_intermediate_and_trade_off_tiles():
+    h, w, lab = _inp(0, (256, 1024)), _inp(1, (1024, 32768)), _inp(2, (256,), "int32")
+    costs = {c: node_cost(make("chunked_xent", h, w, lab, chunk=c)) for c in (64, 2048, 32768)}
+    logits_bytes = 256 * 32768 * 4
+    assert all(isinstance(c, Cost) for c in costs.values())
+    # Small chunks re-read h often; a whole-vocabulary chunk spills its logits.
+    assert costs[64].bytes > costs[2048].bytes < costs[32768].bytes
+    assert costs[2048].bytes < w.nbytes + logits_bytes
+    assert costs[64].flops == costs[32768].flops == pytest.approx(2.0 * 256 * 1024 * 32768, 0.01)
+
+    q = _inp(0, (1, 4096, 8, 64))
+    att = {
+        blk: node_cost(make("flash_attention", q, q, q, block=blk, scale=1.0, causal=False,
+                            mask_value=0.0))
+        for blk in (16, 128, 4096)
+    }  # fmt: skip
+    assert att[16].bytes > att[128].bytes and att[4096].bytes > att[128].bytes
