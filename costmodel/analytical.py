@@ -32,7 +32,8 @@ from jaxtyping import Float, Int
 
 from superopt.ir import Program, get_op
 
-from .features import _COL, OPCODE_ID, GraphArrays
+from .features import FEATURE_INDEX as _COL
+from .features import OPCODE_ID, UNKNOWN, GraphArrays
 from .model import AbstractCostModel
 
 TERM_NAMES = ("const", "roofline", "sum", "kernels", "dots", "opaques")
@@ -47,6 +48,9 @@ _FUSIBLE = {
 }  # fmt: skip
 _LEAVES = {OPCODE_ID[name] for name in ("input", "const", "literal", "iota")}
 _DOT = OPCODE_ID["dot_general"]
+# Loops inside these: XLA's cost analysis counts one trip of a loop body, the registry
+# counts every tile, so the larger of the two is used.
+_LOOPS = {OPCODE_ID["chunked_xent"], OPCODE_ID["flash_attention"], UNKNOWN}
 _REDUCE = {OPCODE_ID[n] for n in OPCODE_ID if n.startswith("reduce_") or n.startswith("arg")}
 
 
@@ -191,11 +195,13 @@ def program_terms(graph: GraphArrays, calib: Calibration) -> np.ndarray:
     fusion_root = p["elementwise"] & (~users_fused | is_output)
     kernels = int(is_kernel.sum() + fusion_root.sum() - (p["leaf"] & is_kernel).sum())
     xla_bytes = float(graph.xla_cost[2]) if graph.xla_cost is not None else np.nan
+    materialized = (is_kernel | fusion_root) & ~p["leaf"]
+    estimate = float((p["written"] * materialized).sum() + (p["read"] * is_kernel).sum())
     if np.isfinite(xla_bytes) and xla_bytes > 0:
-        nbytes = xla_bytes
+        loops = np.isin(graph.node_opcode, list(_LOOPS)).any()
+        nbytes = max(xla_bytes, estimate) if loops else xla_bytes
     else:
-        materialized = (is_kernel | fusion_root) & ~p["leaf"]
-        nbytes = float((p["written"] * materialized).sum() + (p["read"] * is_kernel).sum())
+        nbytes = estimate
     t_memory = nbytes / calib.bandwidth
     dots = int((graph.node_opcode == _DOT).sum())
     opaques = int((graph.node_opcode == 0).sum())

@@ -78,7 +78,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "num_users",
 )
 NUM_FEATURES = len(FEATURE_NAMES)
-_COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
+FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_COL = FEATURE_INDEX
 
 CONFIG_NAMES: tuple[str, ...] = (
     "log_tile0",
