@@ -25,7 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .features import NUM_CONFIG, NUM_FEATURES, NUM_OPCODES, GraphArrays
+from superopt.ir import Node
+
+from .features import (
+    NUM_CONFIG,
+    NUM_FEATURES,
+    NUM_OPCODES,
+    GraphArrays,
+    NodeSignature,
+    featurize_signatures,
+)
 
 
 class AbstractCostModel(eqx.Module):
@@ -40,6 +49,11 @@ class AbstractCostModel(eqx.Module):
         self, node_opcode: Int[np.ndarray, " n"], node_feat: Float[np.ndarray, "n feat"]
     ) -> np.ndarray:
         """Predicted seconds of each e-node on its own (an additive cost for extraction)."""
+
+    def score_signatures(self, signatures: Sequence[NodeSignature | Node]) -> np.ndarray:
+        """Predicted seconds of each e-node signature (or IR node), scored in one batch:
+        what extraction writes back as e-node costs."""
+        return self.score_nodes(*featurize_signatures(signatures))
 
 
 @dataclass(frozen=True)

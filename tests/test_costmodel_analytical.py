@@ -66,5 +66,10 @@ def test_fit_recovers_nonnegative_coefficients():
 
 def test_node_scores_are_positive_for_kernels():
     g = _graph(lambda a, b: jax.nn.relu(a @ b), (64, 64), (64, 64))
-    scores = AnalyticalCostModel(CALIB).score_nodes(g.node_opcode, g.node_feat)
+    model = AnalyticalCostModel(CALIB)
+    scores = model.score_nodes(g.node_opcode, g.node_feat)
     assert scores.shape == (g.num_nodes,) and (scores >= 0).all() and scores.max() > 0
+    program = superopt.trace(lambda a, b: jax.nn.relu(a @ b), jnp.ones((64, 64)),
+                             jnp.ones((64, 64))).program  # fmt: skip
+    by_signature = model.score_signatures(program.nodes())
+    assert by_signature.shape == (g.num_nodes,) and by_signature.max() > 0
