@@ -14,22 +14,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from egglog import EGraph, Ruleset, back_off, eq, run, set_
+from egglog import EGraph, Ruleset, back_off, run
 
 from ._errors import SearchError
 from ._extract import Extraction, alternatives, extract
-from .ir import Node, Program
-from .ir._egraph import (
-    MATMUL,
-    RANK_ANALYSIS,
-    VECMAT,
-    EGraphView,
-    ENode,
-    _encode_node,
-    encode,
-    let_name,
-    rank,
-)
+from .ir import Node, Params, Program, toposort
+from .ir._egraph import MATMUL, RANK_ANALYSIS, VECMAT, EGraphView, ENode, encode, let_name, rank
 
 
 @dataclass(frozen=True)
@@ -77,11 +67,44 @@ RuleSpec = None | Iterable[str] | Mapping[str, Ruleset]
 _FAMILIES = ("algebra", "fusion", "tiling")
 
 
-def rule_families() -> dict[str, tuple[dict[str, Ruleset], frozenset[str]]]:
-    """Every rule family present in `rewrites/`: name to (rules by name, expansive names)."""
+@dataclass(frozen=True)
+class RuleSelection:
+    """The rules one search runs.
+
+    **Arguments:**
+
+    - `egg`: egglog rulesets by name (run by saturation).
+    - `expansive`: the names among `egg` to run under `back_off`.
+    - `fusion`: Python rule objects (`name`, `find(program) -> rewrites`) whose facts are
+      added to the e-graph as unions before saturation (`rewrites.fusion`).
+    - `tiling`: whether fused facts are expanded to one per tile size (`rewrites.tiling`).
+    """
+
+    egg: dict[str, Ruleset]
+    expansive: frozenset[str] = frozenset()
+    fusion: tuple[Any, ...] = ()
+    tiling: bool = False
+
+
+def _family(module: Any) -> tuple[dict[str, Any], frozenset[str]] | None:
+    rules = getattr(module, "RULES", None)
+    if isinstance(rules, Mapping):
+        return dict(rules), frozenset(getattr(module, "EXPANSIVE", ()))
+    if isinstance(rules, (tuple, list)) and all(hasattr(r, "name") for r in rules):
+        return {r.name: r for r in rules}, frozenset()
+    return None
+
+
+def rule_families() -> dict[str, tuple[dict[str, Any], frozenset[str]]]:
+    """Every rule family present in `rewrites/`: name to (rules by name, expansive names).
+
+    A family's rules are egglog rulesets (run by saturation) or Python rule objects with
+    `name` and `find(program)` (their facts are unioned into the e-graph); tiling is a
+    family without rules of its own, present when `rewrites.tiling` is.
+    """
     # Imported module by module: `rewrites` can be a namespace package in an editable
     # install made before it had an `__init__.py`.
-    out: dict[str, tuple[dict[str, Ruleset], frozenset[str]]] = {}
+    out: dict[str, tuple[dict[str, Any], frozenset[str]]] = {}
     for family in _FAMILIES:
         try:
             module = importlib.import_module(f"rewrites.{family}")
@@ -89,37 +112,42 @@ def rule_families() -> dict[str, tuple[dict[str, Ruleset], frozenset[str]]]:
             if err.name not in (f"rewrites.{family}", "rewrites"):
                 raise
             continue
-        rules = getattr(module, "RULES", None)
-        # Only egglog rulesets run here; a family of another kind is applied elsewhere.
-        if isinstance(rules, Mapping) and all(isinstance(r, Ruleset) for r in rules.values()):
-            out[family] = (dict(rules), frozenset(getattr(module, "EXPANSIVE", ())))
+        found = _family(module)
+        if found is not None:
+            out[family] = found
+        elif family == "tiling" and hasattr(module, "tile_rewrites"):
+            out[family] = ({}, frozenset())
     return out
 
 
-def select_rules(rules: RuleSpec) -> tuple[dict[str, Ruleset], frozenset[str]]:
-    """The rulesets to run: all by default, or those named (rule or family names)."""
+def select_rules(rules: RuleSpec) -> RuleSelection:
+    """The rules to run: all by default, or those named (rule or family names)."""
     families = rule_families()
-    every: dict[str, Ruleset] = {}
+    every: dict[str, Any] = {}
     expansive: set[str] = set()
     for family_rules, family_expansive in families.values():
         every.update(family_rules)
         expansive |= family_expansive
     if rules is None:
-        return every, frozenset(expansive)
-    if isinstance(rules, Mapping):
-        return dict(rules), frozenset(n for n in rules if n in expansive)
-    chosen: dict[str, Ruleset] = {}
-    for name in [rules] if isinstance(rules, str) else rules:
-        if name in families:
-            chosen.update(families[name][0])
-        elif name in every:
-            chosen[name] = every[name]
-        else:
-            raise SearchError(
-                f"unknown rule or rule family {name!r}; known families: {sorted(families)}, "
-                f"rules: {sorted(every)}"
-            )
-    return chosen, frozenset(n for n in chosen if n in expansive)
+        chosen, tiling = every, "tiling" in families
+    elif isinstance(rules, Mapping):
+        chosen, tiling = dict(rules), False
+    else:
+        chosen, tiling = {}, False
+        for name in [rules] if isinstance(rules, str) else rules:
+            if name in families:
+                chosen.update(families[name][0])
+                tiling = tiling or name == "tiling"
+            elif name in every:
+                chosen[name] = every[name]
+            else:
+                raise SearchError(
+                    f"unknown rule or rule family {name!r}; known families: "
+                    f"{sorted(families)}, rules: {sorted(every)}"
+                )
+    egg = {n: r for n, r in chosen.items() if isinstance(r, Ruleset)}
+    fusion = tuple(r for r in chosen.values() if not isinstance(r, Ruleset))
+    return RuleSelection(egg, frozenset(n for n in egg if n in expansive), fusion, tiling)
 
 
 def _combine(rulesets: Iterable[Ruleset]) -> Any:
@@ -253,33 +281,64 @@ def term_text(node: Node, depth: int = 6) -> str:
 # ---------------------------------------------------------------- which rules did it
 
 
-def _sites(
-    reference: Program, view: EGraphView, choice: dict[str, ENode], candidate: Program
-) -> list[tuple[Node, Node]]:
-    """(reference subterm, candidate subterm) at each top-most class where they differ."""
-    ref_nodes = reference.nodes()
-    orig_enode: dict[str, set[str]] = {}
-    ref_of_class: dict[str, Node] = {}
-    by_class_enode: dict[str, str] = {}
-    for cid, enodes in view.classes.items():
-        for e in enodes:
-            by_class_enode[e.id] = cid
-    # The e-node of each reference node: in its let-bound class, over its operands' classes.
-    class_of = {id(n): view.lets.get(let_name(i)) for i, n in enumerate(ref_nodes)}
-    for node in ref_nodes:
-        cid = class_of[id(node)]
-        if cid is None:
+@dataclass
+class _Site:
+    """A top-most e-class where a candidate leaves the reference, cut at shared classes.
+
+    `before` and `after` are the reference and candidate subterms with every e-class
+    that both reach (below the site) replaced by the same input leaf, so that a replay
+    needs only the few nodes the rewrite touched.
+    """
+
+    cid: str
+    before: Node
+    after: Node
+    replay: Program
+
+
+def _walk_classes(root_classes: Iterable[str], nodes: Iterable[Node], choice: dict[str, ENode]):
+    """(class, node) pairs of a program decoded from `choice`, each class once."""
+    seen: set[str] = set()
+    stack = list(zip(root_classes, nodes))
+    while stack:
+        cid, node = stack.pop()
+        if cid in seen:
             continue
-        ref_of_class.setdefault(cid, node)
-        arg_classes = tuple(class_of[id(a)] for a in node.args)
-        for e in view.classes.get(cid, ()):
-            if e.op == node.op and e.params == node.params and e.args == arg_classes:
-                orig_enode.setdefault(cid, set()).add(e.id)
-    cand_of_class: dict[str, Node] = {}
+        seen.add(cid)
+        yield cid, node
+        stack.extend(zip(choice[cid].args, node.args))
+
+
+@dataclass
+class _Reference:
+    """Where the reference program sits in the e-graph (computed once per search)."""
+
+    class_of: dict[int, str | None]  # node id -> its let-bound class
+    node_of: dict[str, Node]  # class -> a reference node in it
+    original: set[str]  # ids of the e-nodes that are reference nodes
+
+    @classmethod
+    def of(cls, reference: Program, view: EGraphView) -> _Reference:
+        ref_nodes = reference.nodes()
+        class_of = {id(n): view.lets.get(let_name(i)) for i, n in enumerate(ref_nodes)}
+        node_of: dict[str, Node] = {}
+        original: set[str] = set()
+        for node in ref_nodes:
+            cid = class_of[id(node)]
+            if cid is None:
+                continue
+            node_of.setdefault(cid, node)
+            arg_classes = tuple(class_of[id(a)] for a in node.args)
+            for e in view.classes.get(cid, ()):
+                if e.op == node.op and e.params == node.params and e.args == arg_classes:
+                    original.add(e.id)
+        return cls(class_of, node_of, original)
+
+
+def _sites(ref: _Reference, view: EGraphView, choice: dict[str, ENode], candidate: Program):
+    """The sites where `candidate` differs from the reference, top-most first."""
     root = choice[view.root]
-    for cid, out in zip(root.args, candidate.outputs):
-        cand_of_class[cid] = out
-    sites: list[tuple[Node, Node]] = []
+    sites: list[_Site] = []
     seen: set[str] = set()
     stack = list(zip(root.args, candidate.outputs))
     while stack:
@@ -288,81 +347,172 @@ def _sites(
             continue
         seen.add(cid)
         e = choice[cid]
-        if cid in ref_of_class and e.id in orig_enode.get(cid, ()):
+        if cid in ref.node_of and e.id in ref.original:
             stack.extend(zip(e.args, cnode.args))
-        elif cid in ref_of_class:
-            sites.append((ref_of_class[cid], cnode))
+        elif cid in ref.node_of:
+            sites.append(_cut(cid, ref, cnode, choice))
     return sites
 
 
-def _reaches(reference: Program, before: Node, after: Node, rules: list[Ruleset]) -> bool:
-    """Whether `rules` alone rewrite `before` into `after` (a small replay e-graph)."""
-    sub = Program(reference.inputs, (before,), reference.consts)
-    egraph, _ = encode(sub)
-    before_term = egraph.let("before", _term(before, {}))
-    after_term = egraph.let("after", _term(after, {}))
-    egraph.register(*_rank_facts(after, {}))
+_CUT_DEPTH = 12  # below this a replay subterm is cut anyway (its replay may then fail)
+
+
+def _cut(cid: str, ref: _Reference, after: Node, choice: dict[str, ENode]) -> _Site:
+    before = ref.node_of[cid]
+    leaves: dict[Any, Node] = {}
+
+    def leaf(key: Any, node: Node) -> Node:
+        if key not in leaves:
+            leaves[key] = Node("input", (), Params(index=len(leaves)), node.shape, node.dtype)
+        return leaves[key]
+
+    # The candidate side: stop at reference classes, which both sides reach.
+    shared: set[str] = set()
+    memo: dict[str, Node] = {}
+
+    def build_after(c: str, node: Node, depth: int) -> Node:
+        if c != cid and (c in ref.node_of or depth > _CUT_DEPTH):
+            shared.add(c)
+            return leaf(c, node)
+        if c not in memo:
+            if node.op == "input":
+                memo[c] = leaf(("input", node.params["index"]), node)
+            else:
+                args = tuple(
+                    build_after(ac, an, depth + 1) for ac, an in zip(choice[c].args, node.args)
+                )
+                memo[c] = Node(node.op, args, node.params, node.shape, node.dtype)
+        return memo[c]
+
+    def build_before(node: Node, depth: int, memo: dict[int, Node]) -> Node:
+        c = ref.class_of.get(id(node))
+        if node is not before and (c in shared or depth > _CUT_DEPTH):
+            return leaf(c, node)
+        if node.op == "input":
+            return leaf(("input", node.params["index"]), node)
+        if id(node) not in memo:
+            args = tuple(build_before(a, depth + 1, memo) for a in node.args)
+            memo[id(node)] = Node(node.op, args, node.params, node.shape, node.dtype)
+        return memo[id(node)]
+
+    a = build_after(cid, after, 0)
+    b = build_before(before, 0, {})
+    return _Site(cid, before, after, Program(tuple(leaves.values()), (b, a)))
+
+
+def _reaches(replay: Program, rules: list[Ruleset], iterations: int = 8) -> bool:
+    """Whether `rules`, run on output 0 of `replay` alone, produce output 1 in its class.
+
+    Only the left side is put in the e-graph: with both sides in it, a rule running the
+    other way (`dot_expand` for `dot_factor_left`) would connect them too.
+    """
+    before_node, after_node = replay.outputs
+    egraph, enc = encode(Program(replay.inputs, (before_node,)))
+    before = enc.names[id(before_node)]
+
+    def text(node: Node) -> str:
+        name = enc.names.get(id(node))
+        return name if name is not None else enc._text(node, [text(a) for a in node.args])
+
+    check = [f"(check (= {before} {text(after_node)}))"]
     schedule = _schedule(dict(enumerate(rules)), frozenset())
-    for _ in range(8):
+    for _ in range(iterations):
+        if not _rerun(egraph, schedule).updated:
+            break
         try:
-            egraph.check(eq(before_term).to(after_term))
+            enc.run(check)
             return True
         except Exception:
-            pass
-        if not _rerun(egraph, schedule).updated:
-            return False
+            continue
     return False
 
 
-def _term(node: Node, memo: dict[int, Any]) -> Any:
-    if id(node) not in memo:
-        memo[id(node)] = _encode_node(node, [_term(a, memo) for a in node.args])
-    return memo[id(node)]
+_NAMES_CACHE: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
-def _rank_facts(node: Node, memo: dict[int, Any]) -> list[Any]:
-    from egglog import i64
-
-    facts = []
-    for n in Program((), (node,)).nodes() if node.op != "input" else [node]:
-        if n.dtype is not None:
-            facts.append(set_(rank(_term(n, memo))).to(i64(n.ndim)))
-    return facts
+def _name_site(site: _Site, rules: Mapping[str, Ruleset], fired: list[str], deadline: float) -> str:
+    """The fewest fired rules that, replayed alone, reach the site's candidate subterm."""
+    key = (site.replay.canonical_key(), tuple(fired))
+    if key in _NAMES_CACHE:
+        return _NAMES_CACHE[key]
+    name = "+".join(fired) or "?"
+    try:
+        for n in fired:
+            if time.perf_counter() > deadline:
+                return name
+            if _reaches(site.replay, [rules[n]]):
+                _NAMES_CACHE[key] = n
+                return n
+        needed = list(fired)
+        if len(needed) > 1 and _reaches(site.replay, [rules[n] for n in needed]):
+            for n in list(needed):
+                if time.perf_counter() > deadline:
+                    return "+".join(needed)
+                trial = [m for m in needed if m != n]
+                if trial and _reaches(site.replay, [rules[m] for m in trial]):
+                    needed = trial
+            name = "+".join(needed)
+    except Exception:
+        pass  # a replay that egglog rejects leaves the site named by all fired rules
+    if len(_NAMES_CACHE) < 4096:
+        _NAMES_CACHE[key] = name
+    return name
 
 
 def rewrite_steps(
-    reference: Program,
+    reference: Program | _Reference,
     view: EGraphView,
     choice: dict[str, ENode],
     candidate: Program,
     rules: Mapping[str, Ruleset],
     matches: Mapping[str, int],
     budget_s: float = 1.0,
+    facts: Mapping[str, list[tuple[str, Node]]] | None = None,
 ) -> tuple[RewriteStep, ...]:
     """The rewrites that turn `reference` into `candidate`, each named by its rules.
 
-    A site's rules are the fired rules that, replayed alone on the reference subterm,
-    still reach the candidate subterm (a greedy minimal subset, within `budget_s`).
+    A site's rules are the fired rules that, replayed alone on the site's subterm (cut at
+    the e-classes the reference and the candidate share), still reach the candidate's
+    subterm: a single rule if one does, else a greedy minimal subset, within `budget_s`.
+    A site where a fusion fact was added is named by that fact's rule.
     """
     fired = [n for n in sorted(matches, key=lambda n: -matches[n]) if n in rules]
     deadline = time.perf_counter() + budget_s
     steps = []
-    for before, after in _sites(reference, view, choice, candidate):
-        needed = list(fired)
-        try:
-            if time.perf_counter() < deadline and _reaches(
-                reference, before, after, [rules[n] for n in needed]
-            ):
-                for n in list(needed):
-                    if time.perf_counter() > deadline or len(needed) == 1:
-                        break
-                    trial = [m for m in needed if m != n]
-                    if _reaches(reference, before, after, [rules[m] for m in trial]):
-                        needed = trial
-        except Exception:
-            pass  # a replay that egglog rejects leaves the site named by all fired rules
-        steps.append(RewriteStep("+".join(needed) or "?", term_text(before), term_text(after)))
+    ref = reference if isinstance(reference, _Reference) else _Reference.of(reference, view)
+    for site in _sites(ref, view, choice, candidate):
+        if facts and site.cid in facts:
+            name = _fact_name(facts[site.cid], site.after)
+        else:
+            name = _name_site(site, rules, fired, deadline)
+        steps.append(RewriteStep(name, term_text(site.before), term_text(site.after)))
     return tuple(steps)
+
+
+def _fact_name(facts: list[tuple[str, Node]], after: Node) -> str:
+    fused = {n.params.key for n in toposort([after]) if n.op not in _PLAIN}
+    for rule, fact_after in facts:
+        if fused and fused <= {n.params.key for n in toposort([fact_after])}:
+            return rule
+    return "+".join(dict.fromkeys(rule for rule, _ in facts))
+
+
+# Ops that fusion facts wrap their fused op in; the fused op names the tile it uses.
+_PLAIN = frozenset({"reshape", "slice", "convert_element_type", "input", "const", "literal"})
+
+
+def _fusion_facts(program: Program, selection: RuleSelection) -> list[Any]:
+    """The facts the Python fusion rules find, one per tile size when tiling is on."""
+    if not selection.fusion:
+        return []
+    found = [rw for r in selection.fusion for rw in r.find(program)]
+    if selection.tiling:
+        try:
+            from rewrites.tiling import tile_rewrites
+        except ModuleNotFoundError:
+            return found
+        found = tile_rewrites(found)
+    return found
 
 
 def search(
@@ -383,19 +533,34 @@ def search(
       mapping of names to egglog rulesets.
     - `node_limit`: stop rewriting once the e-graph holds more e-nodes than this.
     - `time_limit`: stop rewriting after this many seconds.
-    - `cost_model`: `None`/`"flops"` (registry FLOPs and bytes) or an object with
+    - `cost_model`: `None`/`"flops"` (registry FLOPs and bytes), `"learned"`,
+      `"analytical"`, a `costmodel.AbstractCostModel`, or an object with
       `score_nodes(signatures) -> seconds` (see `superopt._extract.NodeCostModel`).
     - `top_k`: how many distinct candidates to return at most.
 
     **Returns:** a `SearchResult`; the reference is always among the candidates.
     """
     start = time.perf_counter()
-    chosen, expansive = select_rules(rules)
+    selection = select_rules(rules)
+    chosen = selection.egg
+    matches: dict[str, int] = {}
     try:
-        egraph, _ = encode(program)
-        stats, matches = saturate(
-            egraph, chosen, expansive, node_limit=node_limit, time_limit=time_limit
+        egraph, enc = encode(program)
+        facts = _fusion_facts(program, selection)
+        fact_lets: list[tuple[str, str, Node]] = []
+        unions = []
+        for rw in facts:
+            before, after = enc.add([rw.before, rw.after])
+            unions.append(f"(union {before} {after})")
+            fact_lets.append((before, rw.rule, rw.after))
+            base = rw.rule.split("[")[0]
+            matches[base] = matches.get(base, 0) + 1
+        enc.run(unions)
+        stats, egg_matches = saturate(
+            egraph, chosen, selection.expansive, node_limit=node_limit, time_limit=time_limit
         )
+        for name, n in egg_matches.items():
+            matches[name] = matches.get(name, 0) + n
         view = EGraphView.of(egraph)
         ex: Extraction = extract(view, cost_model)
         found = alternatives(ex, program, max(1, top_k))
@@ -403,19 +568,30 @@ def search(
         raise
     except Exception as err:
         raise SearchError(f"the e-graph search failed on the program: {err}") from err
+    by_class: dict[str, list[tuple[str, Node]]] = {}
+    for let, rule, after in fact_lets:
+        cid = view.lets.get(let.lstrip("$"))
+        if cid is not None:
+            by_class.setdefault(cid, []).append((rule, after))
     stats.update(
         nodes=view.num_nodes,
         classes=len(view.classes),
         matches=sum(matches.values()),
+        fusion_facts=len(facts),
     )
     ref_key = program.canonical_key()
     candidates = []
+    naming_deadline = time.perf_counter() + 1.5
+    ref = _Reference.of(program, view)
     for rank_i, (cost, prog, choice) in enumerate(found):
         if prog.canonical_key() == ref_key:
             candidates.append(Candidate(program, (), cost, "reference"))
             continue
+        budget = max(0.0, naming_deadline - time.perf_counter())
+        if rank_i == 0:
+            budget = max(budget, 0.5)
         steps = rewrite_steps(
-            program, view, choice, prog, chosen, matches, budget_s=1.0 if rank_i == 0 else 0.2
+            ref, view, choice, prog, chosen, matches, budget_s=budget, facts=by_class
         )
         candidates.append(Candidate(prog, steps, cost, f"variant{rank_i}"))
     if not any(c.label == "reference" for c in candidates):

@@ -55,7 +55,7 @@ constructors only).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,42 +255,59 @@ def _dtype_name(dtype: Any) -> str:
     return "None" if dtype is None else np.dtype(dtype).name
 
 
-def _encode_node(node: Node, args: list[Tensor]) -> Tensor:
-    """The e-graph term of one node over the terms of its operands."""
+# One row per typed constructor: how a node's fields become the constructor's arguments.
+# Field kinds: "s" a string, "t" an operand, "v" a vector of ints, "i" an int, "l" a list
+# of operands. Both encoders (Python terms, and egglog text for speed) read this table.
+def _spec(node: Node) -> tuple[str, list[tuple[str, Any]]]:
+    """The constructor name and its fields for `node` (operands as their positions)."""
     op, p = node.op, node.params
     category = get_op(op).category
+    n = len(node.args)
     if op == "literal":
-        return Tensor.literal(_leaf_key(node))
+        return "literal", [("s", _leaf_key(node))]
     if category == "leaf":
-        return Tensor.leaf(_leaf_key(node))
+        return "leaf", [("s", _leaf_key(node))]
     if category == "unary":
-        return Tensor.unary(op, args[0])
+        return "unary", [("s", op), ("t", 0)]
     if category == "binary":
-        return Tensor.binary(op, args[0], args[1])
+        return "binary", [("s", op), ("t", 0), ("t", 1)]
     if op == "dot_general":
         pref = _dtype_name(p["preferred_element_type"])
-        return Tensor.dot(args[0], args[1], dn_key(p["dimension_numbers"]), pref)
+        return "dot", [("t", 0), ("t", 1), ("s", dn_key(p["dimension_numbers"])), ("s", pref)]
     if category == "reduce":
-        return Tensor.reduce(op, args[0], _vec(p["axes"]))
+        return "reduce", [("s", op), ("t", 0), ("v", p["axes"])]
     if op == "transpose":
-        return Tensor.transpose(args[0], _vec(p["permutation"]))
-    if op == "broadcast_in_dim":
-        return Tensor.broadcast(args[0], params_key(p))
-    if op == "reshape":
-        return Tensor.reshape(args[0], params_key(p))
-    if op == "slice":
-        return Tensor.slice(args[0], params_key(p))
+        return "transpose", [("t", 0), ("v", p["permutation"])]
+    if op in ("broadcast_in_dim", "reshape", "slice"):
+        name = "broadcast" if op == "broadcast_in_dim" else op
+        return name, [("t", 0), ("s", params_key(p))]
     if op == "convert_element_type":
-        return Tensor.convert(args[0], _dtype_name(p["new_dtype"]))
-    if op == "select_n" and len(args) == 3:
-        return Tensor.select(args[0], args[1], args[2])
+        return "convert", [("t", 0), ("s", _dtype_name(p["new_dtype"]))]
+    if op == "select_n" and n == 3:
+        return "select", [("t", 0), ("t", 1), ("t", 2)]
     if op == "concatenate":
-        return Tensor.concatenate(tlist(*args), p["dimension"])
+        return "concatenate", [("l", range(n)), ("i", p["dimension"])]
     if op == "opaque":
-        return Tensor.opaque(params_key(p), tlist(*args))
+        return "opaque", [("s", params_key(p)), ("l", range(n))]
     if op == "tuple_get":
-        return Tensor.tuple_get(args[0], p["index"])
-    return Tensor.op(op, params_key(p), tlist(*args))
+        return "tuple_get", [("t", 0), ("i", p["index"])]
+    return "op", [("s", op), ("s", params_key(p)), ("l", range(n))]
+
+
+def _encode_node(node: Node, args: list[Tensor]) -> Tensor:
+    """The e-graph term of one node over the terms of its operands."""
+    name, fields = _spec(node)
+    values: list[Any] = []
+    for kind, value in fields:
+        if kind == "t":
+            values.append(args[value])
+        elif kind == "l":
+            values.append(tlist(*[args[i] for i in value]))
+        elif kind == "v":
+            values.append(_vec(value))
+        else:
+            values.append(value)
+    return getattr(Tensor, name)(*values)
 
 
 def let_name(i: int) -> str:
@@ -298,29 +315,142 @@ def let_name(i: int) -> str:
     return f"n{i}"
 
 
-def encode(program: Program) -> tuple[EGraph, Tensor]:
+def _prelude() -> list[Any]:
+    # Every constructor, `rank` and the i64 vector sort in one query: checking it makes
+    # egglog-python declare them all without adding a single e-node.
+    leaf = Tensor.leaf("")
+    terms = [Tensor.literal(""), Tensor.unary("", leaf), Tensor.binary("", leaf, leaf)]
+    terms += [Tensor.dot(leaf, leaf, "", ""), Tensor.reduce("", leaf, Vec[i64]())]
+    terms += [Tensor.transpose(leaf, _vec([0])), Tensor.broadcast(leaf, "")]
+    terms += [Tensor.reshape(leaf, ""), Tensor.slice(leaf, ""), Tensor.convert(leaf, "")]
+    terms += [Tensor.select(leaf, leaf, leaf), Tensor.concatenate(tlist(leaf), 0)]
+    terms += [Tensor.opaque("", tlist(leaf)), Tensor.tuple_get(leaf, 0)]
+    terms += [Tensor.op("", "", tlist(leaf))]
+    return [eq(Tensor.root(tlist(*terms))).to(leaf), rank(leaf) == i64(-1)]
+
+
+class TextEncoder:
+    """Adds IR nodes to an e-graph as egglog text, one `let` per node.
+
+    egglog-python spends milliseconds converting each term; parsing the same commands as
+    text in Rust takes microseconds, which matters for programs of thousands of nodes.
+    Nodes are remembered by identity, so a node is encoded once however often it is added.
+
+    **Arguments:**
+
+    - `egraph`: the e-graph (its constructors are declared on creation).
+    - `prefix`: the prefix of the let names this encoder makes.
+    """
+
+    def __init__(self, egraph: EGraph, prefix: str = "n"):
+        self.egraph = egraph
+        self.prefix = prefix
+        self.names: dict[int, str] = {}
+        self._keep: list[Node] = []  # identity keys stay valid while the nodes live
+        egraph.check_fail(*_prelude())
+        callable_to_egg = egraph._callable_to_egg
+        self._egg = {
+            name: callable_to_egg(getattr(Tensor, name))[1]
+            for name in ("literal", "leaf", "unary", "binary", "dot", "reduce", "transpose",
+                         "broadcast", "reshape", "slice", "convert", "select", "concatenate",
+                         "opaque", "tuple_get", "op", "root")
+        }  # fmt: skip
+        self._nil = f"({callable_to_egg(TList.nil)[1]})"
+        self._push = callable_to_egg(TList.push)[1]
+        self._rank = callable_to_egg(rank)[1]
+
+    def _list(self, names: Iterable[str]) -> str:
+        out = self._nil
+        for n in names:
+            out = f"({self._push} {out} {n})"
+        return out
+
+    def _text(self, node: Node, args: list[str]) -> str:
+        name, fields = _spec(node)
+        parts = [self._egg[name]]
+        for kind, value in fields:
+            if kind == "s":
+                parts.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+            elif kind == "t":
+                parts.append(args[value])
+            elif kind == "l":
+                parts.append(self._list(args[i] for i in value))
+            elif kind == "v":
+                parts.append(f"(vec-of {' '.join(str(int(v)) for v in value)})" if value
+                             else "(vec-empty)")  # fmt: skip
+            else:
+                parts.append(str(int(value)))
+        return f"({' '.join(parts)})"
+
+    def add(self, nodes: Iterable[Node]) -> list[str]:
+        """Encode `nodes` (and their operands); returns the let name (`$...`) of each."""
+        nodes = list(nodes)
+        lines: list[str] = []
+        for node in _toposort(nodes, self.names):
+            lines += self._let(node, f"${self.prefix}{len(self.names)}")
+        self.run(lines)
+        return [self.names[id(n)] for n in nodes]
+
+    def _let(self, node: Node, name: str) -> list[str]:
+        args = [self.names[id(a)] for a in node.args]
+        self.names[id(node)] = name
+        self._keep.append(node)
+        lines = [f"(let {name} {self._text(node, args)})"]
+        if node.dtype is not None:
+            lines.append(f"(set ({self._rank} {name}) {node.ndim})")
+        return lines
+
+    def root(self, outputs: Iterable[Node], name: str = "root") -> str:
+        """Bind `Tensor.root` of `outputs` to the let `name`; returns `$name`."""
+        args = self.add(outputs)
+        self.run([f"(let ${name} ({self._egg['root']} {self._list(args)}))"])
+        return f"${name}"
+
+    def run(self, lines: list[str]) -> None:
+        """Parse and run egglog commands (a no-op for none)."""
+        if lines:
+            egg = self.egraph._egraph
+            egg.run_program(*egg.parse_program("\n".join(lines)))
+
+
+def _toposort(nodes: list[Node], known: Mapping[int, Any]) -> list[Node]:
+    # Operands before users, leaving out (and not descending into) the `known` ids.
+    # Iterative: programs can be thousands of nodes deep.
+    order: list[Node] = []
+    seen: set[int] = set(known)
+    stack: list[tuple[Node, bool]] = [(n, False) for n in reversed(nodes)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        stack.extend((a, False) for a in reversed(node.args) if id(a) not in seen)
+    return order
+
+
+def encode(program: Program) -> tuple[EGraph, TextEncoder]:
     """Put `program` into a fresh e-graph, one named e-class per node.
 
     **Arguments:**
 
     - `program`: the IR program.
 
-    **Returns:** `(egraph, root)`, where `root` is the `Tensor.root` of the outputs. Node
-    `i` of `program.nodes()` is bound to the name `let_name(i)`, and `rank` is set for it.
+    **Returns:** `(egraph, encoder)`. Node `i` of `program.nodes()` is bound to the let
+    `let_name(i)`, `rank` is set for it, and the outputs' `Tensor.root` to `root`; the
+    `TextEncoder` adds more nodes (rewrites found outside egglog) to the same e-graph.
     """
     egraph = EGraph()
-    terms: dict[int, Tensor] = {}
-    facts = []
-    # One shallow `let` per node: registering one nested term is exponential on DAGs.
+    enc = TextEncoder(egraph, prefix="x")
+    lines: list[str] = []
     for i, node in enumerate(program.nodes()):
-        term = egraph.let(let_name(i), _encode_node(node, [terms[id(a)] for a in node.args]))
-        terms[id(node)] = term
-        if node.dtype is not None:
-            facts.append(set_(rank(term)).to(i64(node.ndim)))
-    if facts:
-        egraph.register(*facts)
-    root = egraph.let("root", Tensor.root(tlist(*[terms[id(o)] for o in program.outputs])))
-    return egraph, root
+        lines += enc._let(node, f"${let_name(i)}")
+    enc.run(lines)
+    enc.root(program.outputs)
+    return egraph, enc
 
 
 # ---------------------------------------------------------------- the serialized view
