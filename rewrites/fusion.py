@@ -23,7 +23,8 @@ Rules, with their side conditions:
   relabelling of `[B, T, H, D]` through transposes and unit-dim reshapes (what
   `jax.nn.dot_product_attention` traces to, and the 2-D or 3-D hand-written forms) ->
   `flash_attention(q, k, v[, mask])`; a constant mask equal to the lower triangle
-  becomes `causal=True`; the masked fill must be a scalar.
+  becomes `causal=True`; the masked fill must be a scalar; query, key and head sizes
+  must be > 1 (a size-1 dimension carries no label, so its role is ambiguous).
 """
 
 from __future__ import annotations
@@ -115,11 +116,12 @@ def _logsumexp_of(node: Node) -> tuple[Node, int] | None:
         inner = _strip(log_side, ())
         if inner.op != "log":
             continue
-        total = _strip(inner.args[0], ("abs",))
+        # Low-precision sums accumulate in float32 between two converts.
+        total = _strip(inner.args[0], ("abs", "convert_element_type"))
         if total.op != "reduce_sum" or len(total.params["axes"]) != 1:
             continue
         axis = total.params["axes"][0]
-        e = total.args[0]
+        e = _strip(total.args[0], ("convert_element_type",))
         if e.op != "exp" or e.args[0].op != "sub":
             continue
         logits, sub_shift = e.args[0].args
@@ -136,8 +138,10 @@ def _softmax_of(node: Node) -> tuple[Node, int] | None:
     if node.op != "div":
         return None
     num, den = node.args
-    total = _strip(den, ("broadcast_in_dim", "reshape"))
-    if total.op != "reduce_sum" or len(total.params["axes"]) != 1 or total.args[0] is not num:
+    total = _strip(den, ("broadcast_in_dim", "reshape", "convert_element_type"))
+    if total.op != "reduce_sum" or len(total.params["axes"]) != 1:
+        return None
+    if _strip(total.args[0], ("convert_element_type",)) is not num:
         return None
     axis = total.params["axes"][0]
     if not _constant_along(den, num.shape, axis) or num.op != "exp":

@@ -1,0 +1,222 @@
+"""Fusion rules: each fires on the programs that admit it, and the rewrite is equal."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+import superopt
+from rewrites import fusion
+from superopt._codegen import to_callable
+
+FAST = settings(max_examples=3, deadline=None, phases=(Phase.explicit, Phase.generate))
+TOL = {"float32": (2e-4, 2e-4), "bfloat16": (5e-2, 1e-1)}
+
+
+def _rewrite(fn, *args, rule):
+    """Trace, find the rule's facts, apply them; the two callables and the facts."""
+    program = superopt.trace(fn, *args).program
+    facts = [rw for rw in fusion.find_rewrites(program) if rw.rule == rule]
+    return to_callable(program), to_callable(fusion.apply(program, facts)), facts
+
+
+def _check(fn, args, rule, dtype, n_facts=1, grad_argnums=()):
+    ref, new, facts = _rewrite(fn, *args, rule=rule)
+    assert len(facts) == n_facts, [f.rule for f in facts]
+    rtol, atol = TOL[dtype]
+    for a, b in zip(new(*args), ref(*args)):
+        np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=rtol, atol=atol)
+    for i in grad_argnums:
+
+        def loss(f, x, i=i):
+            full = list(args)
+            full[i] = x
+            return sum(jnp.sum(o.astype(jnp.float32) ** 2) for o in f(*full))
+
+        g_new, g_ref = (
+            jax.grad(lambda x: loss(new, x))(args[i]),
+            jax.grad(lambda x: loss(ref, x))(args[i]),
+        )
+        np.testing.assert_allclose(np.float32(g_new), np.float32(g_ref), rtol=rtol, atol=atol * 10)
+    return facts
+
+
+def _optax_xent(h, w, labels):
+    with jax.numpy_rank_promotion("allow"):
+        return optax.softmax_cross_entropy_with_integer_labels(h @ w, labels)
+
+
+def _optax_xent_bias_mean(h, w, labels, b):
+    with jax.numpy_rank_promotion("allow"):
+        return optax.softmax_cross_entropy_with_integer_labels(h @ w + b[None, :], labels).mean()
+
+
+def _nn_xent(h, w, labels):
+    logits = h @ w
+    picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
+# One row traces to an unbatched gather (JAX drops the batch dimension); not matched.
+@FAST
+@given(
+    n=st.integers(2, 8),
+    d=st.integers(1, 8),
+    v=st.integers(2, 40),
+    form=st.sampled_from(["optax", "optax_bias", "nn"]),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 999),
+)
+def test_chunked_xent_rule(n, d, v, form, dtype, seed):
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    h = jax.random.normal(k[0], (n, d)).astype(dtype)
+    w = jax.random.normal(k[1], (d, v)).astype(dtype)
+    labels = jax.random.randint(k[2], (n,), -v, v)
+    if form == "optax_bias":
+        b = jax.random.normal(k[3], (v,)).astype(dtype)
+        facts = _check(_optax_xent_bias_mean, (h, w, labels, b), "chunked_xent", dtype,
+                       grad_argnums=(0, 1, 3))  # fmt: skip
+        assert len(facts[0].after.args) == 4
+    else:
+        fn = _optax_xent if form == "optax" else _nn_xent
+        _check(fn, (h, w, labels), "chunked_xent", dtype, grad_argnums=(0, 1))
+
+
+def test_chunked_xent_rule_needs_the_same_logits():
+    h, w, labels = jnp.ones((4, 3)), jnp.ones((3, 10)), jnp.zeros(4, jnp.int32)
+
+    def mixed(h, w, labels):
+        other = (h * 2.0) @ w  # the label logit comes from different logits
+        picked = jnp.take_along_axis(other, labels[:, None], axis=-1)[:, 0]
+        return jax.nn.logsumexp(h @ w, axis=-1) - picked
+
+    assert _rewrite(mixed, h, w, labels, rule="chunked_xent")[2] == []
+
+
+# Size-1 sequence or head dimensions carry no label, so the layout is ambiguous: the rule
+# needs them > 1 (batch and head counts may be 1).
+def _dpa(causal):
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+
+
+@FAST
+@given(
+    b=st.integers(1, 2),
+    t=st.integers(2, 12),
+    h=st.integers(1, 3),
+    d=st.integers(2, 8),
+    causal=st.booleans(),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 999),
+)
+def test_flash_attention_rule_on_dot_product_attention(b, t, h, d, causal, dtype, seed):
+    k = jax.random.split(jax.random.PRNGKey(seed), 3)
+    q, kk, v = (jax.random.normal(key, (b, t, h, d)).astype(dtype) for key in k)
+    facts = _check(_dpa(causal), (q, kk, v), "flash_attention", dtype, grad_argnums=(0, 1, 2))
+    fused = facts[0].after.args[0]
+    assert fused.op == "flash_attention" and fused.params["causal"] == causal
+    assert len(fused.args) == 3  # a causal mask becomes a flag, not a materialized mask
+
+
+@FAST
+@given(
+    t=st.integers(2, 12),
+    s=st.integers(2, 12),
+    d=st.integers(2, 6),
+    e=st.integers(2, 6),
+    masked=st.booleans(),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 999),
+)
+def test_flash_attention_rule_on_hand_written_softmax(t, s, d, e, masked, dtype, seed):
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    q = jax.random.normal(k[0], (t, d)).astype(dtype)
+    kk = jax.random.normal(k[1], (s, d)).astype(dtype)
+    v = jax.random.normal(k[2], (s, e)).astype(dtype)
+    mask = jax.random.bernoulli(k[3], 0.7, (t, s))
+    if masked:
+
+        def fn(q, k, v, m):
+            return jax.nn.softmax(jnp.where(m, q @ k.T * 0.5, -1e9)) @ v
+
+        _check(fn, (q, kk, v, mask), "flash_attention", dtype, grad_argnums=(0, 1, 2))
+    else:
+
+        def fn(q, k, v):
+            return jax.nn.softmax((q @ k.T) / jnp.sqrt(float(d)), axis=-1) @ v
+
+        _check(fn, (q, kk, v), "flash_attention", dtype, grad_argnums=(0, 1, 2))
+
+
+def test_flash_attention_rule_with_a_padding_mask():
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    q, kk, v = (jax.random.normal(key, (2, 16, 2, 8)) for key in k[:3])
+    mask = jax.random.bernoulli(k[3], 0.5, (2, 2, 16, 16))
+    fn = lambda q, k, v, m: jax.nn.dot_product_attention(q, k, v, mask=m)  # noqa: E731
+    facts = _check(fn, (q, kk, v, mask), "flash_attention", "float32", grad_argnums=(0,))
+    assert len(facts[0].after.args[0].args) == 4
+
+
+def test_softmax_over_the_wrong_axis_is_not_attention():
+    q = jnp.ones((8, 4))
+    fn = lambda q, k, v: jax.nn.softmax(q @ k.T, axis=0) @ v  # noqa: E731
+    assert _rewrite(fn, q, q, q, rule="flash_attention")[2] == []
+
+
+@FAST
+@given(
+    count=st.integers(2, 6),
+    m=st.integers(1, 6),
+    kdim=st.integers(1, 6),
+    n=st.integers(1, 6),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 999),
+)
+def test_batch_dots_rule(count, m, kdim, n, dtype, seed):
+    k = jax.random.split(jax.random.PRNGKey(seed), 2)
+    xs = jax.random.normal(k[0], (count, m, kdim)).astype(dtype)
+    ws = jax.random.normal(k[1], (count, kdim, n)).astype(dtype)
+    fn = lambda xs, ws: [xs[i] @ ws[i] for i in range(count)]  # noqa: E731
+    facts = _check(fn, (xs, ws), "batch_dots", dtype, n_facts=count, grad_argnums=(0, 1))
+    assert len({id(f.after.args[0].args[0]) for f in facts}) == 1  # one shared batched dot
+
+
+def test_dependent_dots_are_not_batched():
+    x = jnp.ones((4, 4))
+    fn = lambda x, w: (x @ w) @ w  # noqa: E731
+    assert _rewrite(fn, x, x, rule="batch_dots")[2] == []
+
+
+@FAST
+@given(
+    widths=st.lists(st.integers(1, 6), min_size=2, max_size=4),
+    m=st.integers(1, 6),
+    kdim=st.integers(1, 6),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 999),
+)
+def test_concat_shared_lhs_rule(widths, m, kdim, dtype, seed):
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(widths) + 1)
+    x = jax.random.normal(keys[0], (m, kdim)).astype(dtype)
+    ws = [jax.random.normal(key, (kdim, w)).astype(dtype) for key, w in zip(keys[1:], widths)]
+    fn = lambda x, *ws: [jnp.tanh(x @ w) for w in ws]  # noqa: E731
+    _check(fn, (x, *ws), "concat_shared_lhs", dtype, n_facts=len(widths), grad_argnums=(0, 1))
+
+
+def test_facts_join_the_matched_e_class():
+    from superopt.ir._egraph import EGraphView, encode
+
+    h, w, labels = jnp.ones((4, 3)), jnp.ones((3, 10)), jnp.zeros(4, jnp.int32)
+    program = superopt.trace(_optax_xent, h, w, labels).program
+    facts = fusion.find_rewrites(program)
+    egraph, _ = encode(program)
+    assert fusion.add_to_egraph(egraph, facts) == 1
+    view = EGraphView.of(egraph)
+    joined = [
+        c for c, ens in view.classes.items() if {"sub", "chunked_xent"} <= {e.op for e in ens}
+    ]
+    assert len(joined) == 1
