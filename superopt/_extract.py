@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .ir import Node, Program, node_cost
+from .ir import Node, Program, get_op, node_cost
 from .ir._egraph import EGraphView, ENode, decode, stand_in
 from .ir._errors import IRError, ShapeError
 
@@ -68,18 +68,31 @@ class NodeCostModel(Protocol):
         ...
 
 
+# Ops XLA fuses into their neighbours: they launch no kernel of their own.
+_FUSED_AWAY = frozenset(
+    {"reshape", "broadcast_in_dim", "slice", "squeeze", "expand_dims", "convert_element_type",
+     "transpose", "select_n", "literal", "input", "const", "iota", "tuple_get"}
+)  # fmt: skip
+
+
 class FlopCostModel:
-    """The default cost: registry FLOPs and bytes over a nominal peak (a roofline sum).
+    """The default cost: registry FLOPs and bytes over a nominal peak (a roofline sum),
+    plus a fixed launch cost for each op that XLA runs as a kernel of its own.
 
     **Arguments:**
 
     - `flops_per_s`: nominal peak FLOP/s.
     - `bytes_per_s`: nominal memory bandwidth.
+    - `launch_s`: seconds charged per kernel (dots, reductions, concatenations, ...;
+      elementwise and layout ops are fused by XLA and charged nothing).
     """
 
-    def __init__(self, flops_per_s: float = 1e11, bytes_per_s: float = 2e10):
+    def __init__(
+        self, flops_per_s: float = 1e11, bytes_per_s: float = 2e10, launch_s: float = 2e-6
+    ):
         self.flops_per_s = flops_per_s
         self.bytes_per_s = bytes_per_s
+        self.launch_s = launch_s
 
     def score_nodes(self, signatures: Sequence[Signature]) -> np.ndarray:
         out = np.zeros(len(signatures))
@@ -90,19 +103,64 @@ class FlopCostModel:
             out[i] = (
                 cost.flops + cost.transcendentals
             ) / self.flops_per_s + cost.bytes / self.bytes_per_s
+            if sig.op not in _FUSED_AWAY and not get_op(sig.op).elementwise:
+                out[i] += self.launch_s
         return out
 
 
+class CostModelNodes:
+    """A `costmodel` model (learned or analytical) as a `NodeCostModel`.
+
+    **Arguments:**
+
+    - `model`: a `costmodel.AbstractCostModel` (`score_nodes(opcodes, features)`).
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def score_nodes(self, signatures: Sequence[Signature]) -> np.ndarray:
+        from costmodel.features import NodeSignature, featurize_signatures
+
+        sigs = [NodeSignature(s.op, s.params, s.arg_types, *s.out_type) for s in signatures]
+        opcodes, features = featurize_signatures(sigs)
+        return np.asarray(self.model.score_nodes(opcodes, features), dtype=float)
+
+
 def resolve_cost_model(cost_model: Any) -> NodeCostModel:
-    """`None` or `"flops"` to `FlopCostModel()`; a `NodeCostModel` as is."""
+    """The e-node cost model named by `cost_model`.
+
+    **Arguments:**
+
+    - `cost_model`: `None` or `"flops"` (`FlopCostModel()`), `"learned"` (the shipped
+      weights of this backend, or the analytical model where they are missing) or
+      `"analytical"`, a `costmodel.AbstractCostModel`, or a `NodeCostModel`.
+
+    **Returns:** a `NodeCostModel`.
+    """
     if cost_model is None or cost_model == "flops":
         return FlopCostModel()
-    if isinstance(cost_model, NodeCostModel):
+    if isinstance(cost_model, str) and cost_model in ("learned", "analytical"):
+        from ._predict import resolve_model
+
+        return CostModelNodes(resolve_model(cost_model, fallback=True)[0])
+    if isinstance(cost_model, NodeCostModel) and not _is_costmodel(cost_model):
         return cost_model
+    if _is_costmodel(cost_model):
+        return CostModelNodes(cost_model)
     raise TypeError(
-        f"cost_model {cost_model!r} is neither None, 'flops' nor an object with a "
+        f"cost_model {cost_model!r} is neither None, 'flops', 'learned', 'analytical', a "
+        "costmodel.AbstractCostModel nor an object with a "
         "`score_nodes(signatures) -> array of seconds` method"
     )
+
+
+def _is_costmodel(obj: Any) -> bool:
+    try:
+        from costmodel.model import AbstractCostModel
+    except ImportError:
+        return False
+    return isinstance(obj, AbstractCostModel)
 
 
 @dataclass
@@ -226,6 +284,102 @@ def extract(view: EGraphView, cost_model: Any = None) -> Extraction:
     return Extraction(view, own, best, cost)
 
 
+def _reachable(view: EGraphView, choice: dict[str, ENode]) -> list[str]:
+    order: list[str] = []
+    seen: set[str] = set()
+    stack = [view.root]
+    while stack:
+        c = stack.pop()
+        if c in seen:
+            continue
+        seen.add(c)
+        order.append(c)
+        stack.extend(reversed(choice[c].args))
+    return order
+
+
+def _acyclic(view: EGraphView, choice: dict[str, ENode]) -> bool:
+    state: dict[str, int] = {}  # 1 on the path, 2 done
+    stack: list[tuple[str, bool]] = [(view.root, False)]
+    while stack:
+        c, done = stack.pop()
+        if done:
+            state[c] = 2
+            continue
+        if state.get(c) == 2:
+            continue
+        if state.get(c) == 1:
+            return False
+        state[c] = 1
+        stack.append((c, True))
+        for a in choice[c].args:
+            if state.get(a) == 1:
+                return False
+            if state.get(a) != 2:
+                stack.append((a, False))
+    return True
+
+
+def share(ex: Extraction, choice: dict[str, ENode], rounds: int = 4) -> dict[str, ENode]:
+    """Improve `choice` by switching several classes at once onto a shared new subterm.
+
+    Per-class (tree) costs charge a shared subterm to every user, so a rewrite that pays
+    off only when many classes share it (k dots batched into one) is never chosen class
+    by class. Here, for each e-class `x` outside the chosen program, every chosen class
+    that has an e-node reaching `x` switches to it together; the switch is kept when the
+    whole program's DAG cost drops.
+
+    **Arguments:**
+
+    - `ex`: the extraction.
+    - `choice`: a complete choice (e.g. `ex.best`).
+    - `rounds`: the most switches made.
+
+    **Returns:** the improved choice (a new dict).
+    """
+    view = ex.view
+    choice = dict(choice)
+    current = ex.dag_cost(choice)
+    for _ in range(rounds):
+        in_program = set(_reachable(view, choice))
+        groups: dict[str, dict[str, ENode]] = {}
+        for cid in in_program:
+            for e in view.classes[cid]:
+                if e is choice[cid] or e.id not in ex.own or any(a not in ex.cost for a in e.args):
+                    continue
+                # The classes this e-node would add, through the best choices below it.
+                new: set[str] = set()
+                stack = [a for a in e.args if a not in in_program]
+                while stack and len(new) < 256:
+                    c = stack.pop()
+                    if c in new:
+                        continue
+                    new.add(c)
+                    stack.extend(a for a in ex.best[c].args if a not in in_program)
+                for x in new:
+                    groups.setdefault(x, {}).setdefault(cid, e)
+        improved = False
+        tried: set[frozenset] = set()
+        for members in sorted(groups.values(), key=len, reverse=True):
+            if len(members) < 2:
+                break
+            key = frozenset(e.id for e in members.values())
+            if key in tried:
+                continue
+            tried.add(key)
+            trial = dict(choice)
+            trial.update(members)
+            cost = ex.dag_cost(trial)
+            if cost < current * (1 - 1e-9):
+                if not _acyclic(view, trial):
+                    continue
+                choice, current, improved = trial, cost, True
+                break
+        if not improved:
+            break
+    return choice
+
+
 def alternatives(
     ex: Extraction, reference: Program, limit: int
 ) -> list[tuple[float, Program, dict[str, ENode]]]:
@@ -234,10 +388,12 @@ def alternatives(
     Each alternative forces one other e-node in one class of the best program (its
     operands keep their best choices); cyclic or duplicate programs are skipped.
     """
-    best_choice = dict(ex.best)
+    tree_best = dict(ex.best)
+    best_choice = share(ex, tree_best)
     results: dict[str, tuple[float, Program, dict[str, ENode]]] = {}
-    prog = ex.program(best_choice, reference)
-    results[prog.canonical_key()] = (ex.dag_cost(best_choice), prog, best_choice)
+    for choice in (best_choice, tree_best):
+        prog = ex.program(choice, reference)
+        results.setdefault(prog.canonical_key(), (ex.dag_cost(choice), prog, choice))
     order: list[str] = []
     seen: set[str] = set()
     stack = [ex.view.root]

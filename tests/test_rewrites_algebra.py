@@ -1,6 +1,5 @@
 """Each algebra rule: it fires on a program that admits it, and keeps the values (f32, bf16)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,9 +10,9 @@ import superopt
 from superopt._codegen import evaluate
 from superopt._search import search
 
-PROFILE = settings(max_examples=2, deadline=None)
+# A few examples per rule and dtype keep the file fast; both dtypes are always covered.
+PROFILE = settings(max_examples=3, deadline=None)
 dims = st.integers(1, 12)
-dtypes = st.sampled_from([jnp.float32, jnp.bfloat16])
 
 CASES = {
     "dot_assoc": (lambda a, b, c: (a @ b) @ c, lambda m, k, n, p: [(m, k), (k, n), (n, p)]),
@@ -38,20 +37,21 @@ CASES = {
 }
 
 
-def _variants_of(name, fn, args):
+def _variants_of(name, fn, args, top_k=16):
     tr = superopt.trace(fn, *args)
-    res = search(tr.program, rules=[name], top_k=16)
+    res = search(tr.program, rules=[name], top_k=top_k)
     return tr, res
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("name", sorted(CASES))
 @PROFILE
-@given(m=dims, k=dims, n=dims, p=dims, dtype=dtypes, seed=st.integers(0, 2**16))
-def test_rule_preserves_values(name, m, k, n, p, dtype, seed):
+@given(m=dims, k=dims, n=dims, p=dims, seed=st.integers(0, 2**16))
+def test_rule_preserves_values(name, dtype, m, k, n, p, seed):
     fn, shapes = CASES[name]
-    keys = jax.random.split(jax.random.PRNGKey(seed), 3)
-    args = [jax.random.normal(kk, s, dtype) for kk, s in zip(keys, shapes(m, k, n, p))]
-    tr, res = _variants_of(name, fn, args)
+    rng = np.random.default_rng(seed)
+    args = [jnp.asarray(rng.normal(size=s), dtype) for s in shapes(m, k, n, p)]
+    tr, res = _variants_of(name, fn, args, top_k=4)
     ref = evaluate(tr.program, *args)
     tol = 2e-2 if dtype == jnp.bfloat16 else 1e-4
     for cand in res.candidates:

@@ -1,0 +1,188 @@
+"""`superopt bench`: the example programs, optimized and timed against `jax.jit`.
+
+Each case of `examples/` (a module with `CASE = (fn, make_args)`) is optimized with no
+timing inside `optimize` (`budget=0`: the cost model alone picks), then `jax.jit` of the
+original and the optimized callable are timed side by side in this process with
+`superopt.time_callables` (interleaved rounds, warmed up, blocked on, medians). Timings
+are only comparable within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from ._errors import SuperoptError
+
+# The benchmark cases: example module names, in the order of the table.
+CASES = ("matrix_chain", "sum_of_product", "scalar_hoist", "distributivity", "batched_loop")
+
+_UNKNOWN_MSG = """no benchmark case named {name!r}; the cases are: {known}.
+A case is a module in examples/ that defines `CASE = (fn, make_args)`."""
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One benchmark case.
+
+    **Arguments:**
+
+    - `name`: the case (its example module).
+    - `jit_ms`: median milliseconds of `jax.jit(fn)`.
+    - `superopt_ms`: median milliseconds of the optimized callable.
+    - `speedup`: `jit_ms / superopt_ms`.
+    - `optimize_s`: seconds `superopt.optimize` took (trace, search, codegen, verify).
+    - `rewrites`: the names of the rewrites applied, in order.
+    - `verified`: whether the winner passed verification.
+    - `status`: the report's status (`optimized`, `unchanged`, `fallback`).
+    """
+
+    name: str
+    jit_ms: float
+    superopt_ms: float
+    speedup: float
+    optimize_s: float
+    rewrites: tuple[str, ...]
+    verified: bool
+    status: str
+
+
+def examples_dir() -> Path:
+    """The `examples/` folder of the source checkout."""
+    return Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_case(name: str) -> tuple[Callable[..., Any], Callable[..., tuple[Any, ...]]]:
+    """The `(fn, make_args)` of the example module `name`."""
+    from ._cli import load_module
+
+    path = examples_dir() / f"{name}.py"
+    if name not in CASES or not path.is_file():
+        raise SuperoptError(_UNKNOWN_MSG.format(name=name, known=", ".join(CASES)))
+    case = getattr(load_module(path), "CASE", None)
+    if case is None:
+        raise SuperoptError(f"{path} defines no CASE = (fn, make_args)")
+    return case
+
+
+def bench_case(
+    name: str,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    *,
+    budget_s: float = 2.0,
+    cost_model: Any = "flops",
+) -> BenchRow:
+    """Optimize `fn` at `args` and time it against `jax.jit(fn)`.
+
+    **Arguments:**
+
+    - `name`: the row's name.
+    - `fn`: the function.
+    - `args`: example arguments (also the timed ones).
+    - `budget_s`: seconds of timed rounds.
+    - `cost_model`: the extraction cost model (`"flops"`, `"learned"`, ...).
+
+    **Returns:** a `BenchRow`.
+    """
+    import superopt
+
+    start = time.perf_counter()
+    opt = superopt.optimize(fn, *args, budget=0, cost_model=cost_model, cache=False)
+    optimize_s = time.perf_counter() - start
+    times = superopt.time_callables(
+        {"jit": jax.jit(fn), "superopt": opt}, tuple(args), budget_s=budget_s
+    )
+    report = opt.report
+    return BenchRow(
+        name=name,
+        jit_ms=times["jit"].median_s * 1e3,
+        superopt_ms=times["superopt"].median_s * 1e3,
+        speedup=superopt.speedup(times["jit"], times["superopt"]),
+        optimize_s=optimize_s,
+        rewrites=tuple(step.rule for step in report.rewrites),
+        verified=bool(report.verified),
+        status=report.status,
+    )
+
+
+def geomean(values: Iterable[float]) -> float:
+    """The geometric mean of positive `values` (nan for none)."""
+    values = [v for v in values if v > 0 and math.isfinite(v)]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else math.nan
+
+
+def run_bench(
+    names: Iterable[str] | None = None,
+    *,
+    budget_s: float = 2.0,
+    as_json: bool = False,
+    cost_model: Any = "flops",
+    print_fn: Callable[[Any], None] | None = None,
+) -> list[BenchRow]:
+    """Run the benchmark cases and print a table (or JSON).
+
+    **Arguments:**
+
+    - `names`: the cases to run (default: all of `CASES`).
+    - `budget_s`: seconds of timed rounds per case.
+    - `as_json`: print a JSON object (`rows`, `geomean_speedup`) instead of a table.
+    - `cost_model`: the extraction cost model; the issue's targets are for `"flops"`.
+    - `print_fn`: where to print (default: a rich console).
+
+    **Returns:** the rows, in order.
+    """
+    from rich.console import Console
+
+    names = list(CASES if names is None else names)
+    for name in names:
+        if name not in CASES:
+            raise SuperoptError(_UNKNOWN_MSG.format(name=name, known=", ".join(CASES)))
+    rows = []
+    for name in names:
+        fn, make_args = load_case(name)
+        rows.append(bench_case(name, fn, make_args(), budget_s=budget_s, cost_model=cost_model))
+    out = print_fn or Console(highlight=False, soft_wrap=True).print
+    if as_json:
+        payload = {
+            "rows": [asdict(r) for r in rows],
+            "geomean_speedup": geomean(r.speedup for r in rows),
+            "backend": jax.default_backend(),
+            "cost_model": str(cost_model),
+        }
+        print(json.dumps(payload, indent=2)) if print_fn is None else out(json.dumps(payload))
+    else:
+        out(table(rows, cost_model))
+    return rows
+
+
+def table(rows: list[BenchRow], cost_model: Any = "flops") -> Any:
+    """The rows as a rich `Table`, with the geometric-mean speedup as its last row."""
+    from rich.table import Table
+
+    t = Table(title=f"superopt bench ({jax.default_backend()}, cost model {cost_model})")
+    t.add_column("case", no_wrap=True)
+    for column in ("jax.jit ms", "superopt ms", "speedup", "optimize s"):
+        t.add_column(column, justify="right")
+    t.add_column("verified")
+    t.add_column("rewrites")
+    for r in rows:
+        t.add_row(
+            r.name,
+            f"{r.jit_ms:.3f}",
+            f"{r.superopt_ms:.3f}",
+            f"{r.speedup:.2f}x",
+            f"{r.optimize_s:.2f}",
+            "yes" if r.verified else "no",
+            ", ".join(dict.fromkeys(r.rewrites)) or "-",
+        )
+    t.add_section()
+    t.add_row("geomean", "", "", f"{geomean(r.speedup for r in rows):.2f}x", "", "", "")
+    return t
