@@ -264,6 +264,22 @@ def optimize(
         console.print(Text(opt.source))
 
 
+@app.command()
+def bench(
+    case: Annotated[
+        list[str] | None, typer.Option("--case", "-c", help="Run only these cases.")
+    ] = None,
+    budget: Annotated[float, typer.Option(help="Seconds of timed rounds per case.")] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
+    cost_model: Annotated[str, typer.Option(help="flops, learned or analytical.")] = "flops",
+) -> None:
+    """Optimize the example programs and time them side by side against jax.jit."""
+    from ._bench import run_bench
+
+    with _clean_errors():
+        run_bench(case or None, budget_s=budget, as_json=as_json, cost_model=cost_model)
+
+
 @cache_app.command("ls")
 def cache_ls() -> None:
     """List the entries of the tuning cache."""
