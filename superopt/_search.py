@@ -501,11 +501,82 @@ def _fact_name(facts: list[tuple[str, Node]], after: Node) -> str:
 _PLAIN = frozenset({"reshape", "slice", "convert_element_type", "input", "const", "literal"})
 
 
+@dataclass(frozen=True, eq=False)
+class _Fact:
+    rule: str
+    before: Node
+    after: Node
+
+
+def _unstacked(node: Node) -> tuple[Node, int] | None:
+    """`(big, i)` if `node` is `big[i]` written as a unit slice of axis 0 and a reshape."""
+    if node.op != "reshape" or node.args[0].op != "slice":
+        return None
+    sl = node.args[0]
+    big, p = sl.args[0], sl.params
+    start, limit = p["start_indices"], p["limit_indices"]
+    strides = p["strides"] or (1,) * len(start)
+    if limit[0] - start[0] != 1 or any(x != 1 for x in strides) or any(start[1:]):
+        return None
+    if tuple(limit[1:]) != big.shape[1:] or node.shape != big.shape[1:]:
+        return None
+    return big, start[0]
+
+
+def _stacked_parts(node: Node) -> tuple[Node, tuple[Node, ...]] | None:
+    """`(value, parts)` if `node` stacks `parts` along a new axis 0 (`jnp.stack`)."""
+    if node.op == "tuple_get" and node.params["index"] == 0 and node.args[0].op == "opaque":
+        eqn = node.args[0].params["eqn"]
+        name = getattr(getattr(eqn, "primitive", None), "name", None)
+        if name == "stack" and eqn.params.get("axis") == 0:
+            return node, node.args[0].args
+    if node.op == "concatenate" and node.params["dimension"] == 0:
+        parts = []
+        for part in node.args:
+            if part.op not in ("reshape", "broadcast_in_dim") or part.shape[:1] != (1,):
+                return None
+            if part.shape[1:] != part.args[0].shape:
+                return None
+            parts.append(part.args[0])
+        return node, tuple(parts)
+    return None
+
+
+def _stack_facts(program: Program, facts: list[Any]) -> list[_Fact]:
+    """Stacking every item of one batched fact, in order, gives the batched value back.
+
+    `batch_dots` unions each dot with `big[i]`; a program that stacks the dots again
+    (`jnp.stack([x @ w for ...])`) then equals `big` itself, which no rank-level rule can
+    see. Each such stack becomes a fact of the rule that made `big`.
+    """
+    item: dict[int, tuple[Node, int, str]] = {}
+    for rw in facts:
+        found = _unstacked(rw.after)
+        if found is not None:
+            item[id(rw.before)] = (*found, rw.rule)
+    out = []
+    for node in program.nodes() if item else ():
+        stacked = _stacked_parts(node)
+        if stacked is None or not stacked[1]:
+            continue
+        value, parts = stacked
+        hits = [item.get(id(p)) for p in parts]
+        if any(h is None for h in hits):
+            continue
+        big = hits[0][0]
+        if all(h[0] is big and h[1] == i for i, h in enumerate(hits)) and (
+            len(hits) == big.shape[0] and value.shape == big.shape and value.dtype == big.dtype
+        ):
+            out.append(_Fact(hits[0][2], value, big))
+    return out
+
+
 def _fusion_facts(program: Program, selection: RuleSelection) -> list[Any]:
     """The facts the Python fusion rules find, one per tile size when tiling is on."""
     if not selection.fusion:
         return []
     found = [rw for r in selection.fusion for rw in r.find(program)]
+    found += _stack_facts(program, found)
     if selection.tiling:
         try:
             from rewrites.tiling import tile_rewrites

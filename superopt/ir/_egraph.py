@@ -500,8 +500,12 @@ class EGraphView:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EGraphView:
         nodes = data["nodes"]
+        # A class holding several lets lists them all: "$n3, $x7".
         lets = {
-            v["let"].lstrip("$"): c for c, v in data.get("class_data", {}).items() if "let" in v
+            name.strip().lstrip("$"): c
+            for c, v in data.get("class_data", {}).items()
+            for name in v.get("let", "").split(",")
+            if name.strip()
         }
         parser = _Parser(nodes)
         classes: dict[str, list[ENode]] = {}
