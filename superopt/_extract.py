@@ -223,7 +223,8 @@ def _well_typed(view: EGraphView, e: ENode, cid: str) -> bool:
     try:
         from .ir import infer_type
 
-        reps = [stand_in(e, *view.types[a]) for a in e.args]
+        # Operands stand in as their own class (tuple_get reads its opaque operand's params).
+        reps = [stand_in(view.classes[a][0], *view.types[a]) for a in e.args]
         shape, dtype = infer_type(e.op, reps, e.params)
     except (ShapeError, KeyError, IRError):
         return False
