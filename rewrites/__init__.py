@@ -1,22 +1,29 @@
 """Rule sets over the e-graph language of `superopt.ir`, one family a module.
 
-Each family module defines `RULES: dict[str, egglog.Ruleset]` (one ruleset per rule, so
-the search can name the rule behind a rewrite) and may define `EXPANSIVE`, the names of
-rules to run under a `back_off` scheduler. `rule_families()` gathers the families present.
+A family module defines `RULES`, either
+
+- a `dict[str, egglog.Ruleset]` (one ruleset per rule, so the search can name the rule
+  behind a rewrite), with `EXPANSIVE`, the names of rules to run under a `back_off`
+  scheduler (`algebra`); or
+- a sequence of Python rule objects with a `name` and `find(program) -> rewrites`, whose
+  facts (`rule`, `before`, `after`) the search unions into the e-graph (`fusion`).
+
+`tiling` has no rules of its own: it expands fused facts to one per tile size. The search
+(`superopt._search.select_rules`) gathers the families present.
 """
 
 from __future__ import annotations
 
 import importlib
-
-from egglog import Ruleset
+from collections.abc import Mapping
+from typing import Any
 
 FAMILIES = ("algebra", "fusion", "tiling")
 
 
-def rule_families() -> dict[str, tuple[dict[str, Ruleset], frozenset[str]]]:
+def rule_families() -> dict[str, tuple[dict[str, Any], frozenset[str]]]:
     """Every available family: name to `(rules by name, names of expansive rules)`."""
-    out: dict[str, tuple[dict[str, Ruleset], frozenset[str]]] = {}
+    out: dict[str, tuple[dict[str, Any], frozenset[str]]] = {}
     for family in FAMILIES:
         try:
             module = importlib.import_module(f"rewrites.{family}")
@@ -25,14 +32,16 @@ def rule_families() -> dict[str, tuple[dict[str, Ruleset], frozenset[str]]]:
                 raise
             continue
         rules = getattr(module, "RULES", None)
-        if rules:
+        if isinstance(rules, Mapping):
             out[family] = (dict(rules), frozenset(getattr(module, "EXPANSIVE", ())))
+        elif rules:
+            out[family] = ({r.name: r for r in rules}, frozenset())
     return out
 
 
-def all_rules() -> tuple[dict[str, Ruleset], frozenset[str]]:
+def all_rules() -> tuple[dict[str, Any], frozenset[str]]:
     """All rules of all families by name, and the names of the expansive ones."""
-    rules: dict[str, Ruleset] = {}
+    rules: dict[str, Any] = {}
     expansive: set[str] = set()
     for family_rules, family_expansive in rule_families().values():
         rules.update(family_rules)
