@@ -5,6 +5,8 @@ from ._api import Jitted as Jitted
 from ._api import Optimized as Optimized
 from ._api import jit as jit
 from ._api import optimize as optimize
+from ._bench import BenchRow as BenchRow
+from ._bench import run_bench as run_bench
 from ._cache import TuningCache as TuningCache
 from ._cache import cache_dir as cache_dir
 from ._codegen import render as render
