@@ -1,4 +1,4 @@
-"""The `superopt` command line: `demo`, `optimize`, and `cache ls` / `cache clear`.
+"""The `superopt` command line: `demo`, `optimize`, `bench`, `collect`, `train`, `evaluate`, `cache`.
 
 Errors the user can fix (a bad path, a bad argument spec, a function superopt cannot
 trace, an unreadable cache) print one line to stderr and exit with status 1, without a
@@ -278,6 +278,87 @@ def bench(
 
     with _clean_errors():
         run_bench(case or None, budget_s=budget, as_json=as_json, cost_model=cost_model)
+
+
+@app.command()
+def collect(
+    db: Annotated[Path, typer.Argument(help="SQLite measurement store (created or resumed).")],
+    programs_per_family: Annotated[int, typer.Option(help="Programs to generate per family.")] = 32,
+    family: Annotated[
+        list[str] | None, typer.Option("--family", "-f", help="Only these families.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the program generator.")] = 0,
+    budget: Annotated[float, typer.Option(help="Seconds of timed rounds per group.")] = 0.3,
+    time_limit: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (resume later).")
+    ] = None,
+    export: Annotated[
+        Path | None, typer.Option(help="Also export the store to this .npz dataset.")
+    ] = None,
+) -> None:
+    """Measure programs and their variants into a resumable store (the cost-model corpus)."""
+    from . import _corpus
+
+    with _clean_errors():
+        unknown = sorted(set(family or ()) - set(_corpus.FAMILIES))
+        if unknown:
+            raise UsageError(
+                f"unknown program families {unknown}; known: {', '.join(_corpus.FAMILIES)}"
+            )
+        stats = _corpus.collect(
+            db,
+            programs_per_family=programs_per_family,
+            families=family or None,
+            seed=seed,
+            budget_s=budget,
+            time_limit_s=time_limit,
+        )
+        typer.echo(str(stats))
+        if export is not None:
+            dataset = _corpus.export(db, export)
+            typer.echo(f"exported {dataset.summary()} to {export}")
+
+
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(help="The .npz dataset to train on.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Checkpoint folder (default: the shipped weights).")
+    ] = None,
+    time_limit: Annotated[float, typer.Option(help="Stop training after this many seconds.")] = (
+        25 * 60.0
+    ),
+) -> None:
+    """Train the learned cost model (and fit the analytical baseline) on a dataset."""
+    from costmodel import run_training
+
+    with _clean_errors():
+        _check_file(dataset)
+        result = run_training(dataset, out, time_limit_s=time_limit)
+        typer.echo(str(result))
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[Path, typer.Argument(help="The .npz dataset to evaluate on.")],
+    weights: Annotated[
+        Path | None, typer.Option(help="Checkpoint folder (default: the shipped weights).")
+    ] = None,
+    png: Annotated[
+        Path | None, typer.Option(help="Write a predicted-vs-measured scatter PNG here.")
+    ] = None,
+) -> None:
+    """Compare the learned and analytical models on the held-out families of a dataset."""
+    from costmodel import run_evaluation
+
+    with _clean_errors():
+        _check_file(dataset)
+        run_evaluation(dataset, weights, png=png, print_table=True)
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise UsageError(f"{path} is not a file")
 
 
 @cache_app.command("ls")

@@ -138,3 +138,24 @@ def test_python_dash_m_superopt_works():
     assert done.returncode == 0, done.stderr
     for command in ("demo", "optimize", "cache"):
         assert command in done.stdout
+
+
+def test_collect_then_evaluate_and_train_need_a_dataset_file(tmp_path):
+    db, npz = tmp_path / "corpus.sqlite", tmp_path / "corpus.npz"
+    result = runner.invoke(
+        app,
+        ["collect", str(db), "--programs-per-family", "1", "--family", "elementwise",
+         "--budget", "0.02", "--export", str(npz)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "programs_done=1" in result.output and npz.is_file()
+    for command in ("train", "evaluate"):
+        result = runner.invoke(app, [command, str(tmp_path / "missing.npz")])
+        assert result.exit_code == 1
+        assert "missing.npz is not a file" in result.stderr
+
+
+def test_collect_rejects_an_unknown_family(tmp_path):
+    result = runner.invoke(app, ["collect", str(tmp_path / "c.sqlite"), "--family", "nope"])
+    assert result.exit_code == 1
+    assert "nope" in result.stderr
