@@ -332,3 +332,15 @@ def test_count_ops_and_params_key() -> None:
     assert counts["dot_general"] == 1 and counts["tanh"] == 1 and counts["input"] == 2
     assert Params(b=1, a=(2, 3)).key == Params(a=(2, 3), b=1).key == "a=(2,3);b=1"
     assert Params(a=1) != Params(a=2)
+
+
+def test_pow_takes_an_integer_exponent_like_lax():
+    import jax
+    from jax import lax
+
+    x = Node("input", (), Params(index=0), (3,), np.dtype("float32"))
+    n = Node("input", (), Params(index=1), (3,), np.dtype("int32"))
+    node = make("pow", x, n)
+    expected = jax.eval_shape(lax.pow, jax.ShapeDtypeStruct((3,), "float32"),
+                              jax.ShapeDtypeStruct((3,), "int32"))  # fmt: skip
+    assert (node.shape, node.dtype) == (expected.shape, expected.dtype)

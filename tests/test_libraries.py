@@ -143,3 +143,14 @@ def test_library_roundtrip_detects_a_change() -> None:
     rt = roundtrip(fn, *args)
     with pytest.raises(AssertionError, match="differ"):
         sot.check_equivalent(fn, lambda p, x: rt(perturbed, x), *args, num_random=0)
+
+
+@pytest.mark.parametrize("name, build", LIBRARY_CASES, ids=[n for n, _ in LIBRARY_CASES])
+def test_library_optimize_returns_a_verified_callable(name: str, build: Build, tmp_path) -> None:
+    import superopt
+
+    fn, args = build()
+    opt = superopt.optimize(fn, *args, cache_dir=tmp_path)
+    assert opt.report.verified, opt.report.reason
+    assert opt.report.status in ("optimized", "unchanged"), opt.report.reason
+    sot.check_equivalent(fn, opt, *args, num_random=1)

@@ -117,11 +117,13 @@ def _broadcast_shapes(args: Sequence[Node], name: str) -> tuple[int, ...]:
     return out
 
 
-def _elementwise_type(result_dtype: str | None = None):
+def _elementwise_type(result_dtype: str | None = None, *, first_operand: bool = False):
     def rule(args: Sequence[Node], p: Params):
         shape = _broadcast_shapes(args, "elementwise op")
         if result_dtype is not None:
             return shape, np.dtype(result_dtype)
+        if first_operand:
+            return shape, args[0].dtype
         dtypes = {a.dtype for a in args if a.shape != ()} or {a.dtype for a in args}
         if len(dtypes) > 1:
             raise ShapeError(f"elementwise operands of different dtypes: {dtypes}")
@@ -181,7 +183,8 @@ for _name, _fn, _dtype in BINARY_OPS:
             (lambda f: lambda x, y: f(x, y))(_lax_fn),
             (lambda f: lambda a, p: f"lax.{f}({a[0]}, {a[1]})")(_fn),
             _elementwise_cost(1.0, _name in _TRANSCENDENTAL),
-            type_rule=_elementwise_type(_dtype),
+            # lax.pow takes an integer exponent with a floating base.
+            type_rule=_elementwise_type(_dtype, first_operand=_name == "pow"),
             primitives=(_name,),
             elementwise=True,
         )
