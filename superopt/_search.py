@@ -1,9 +1,14 @@
 """The search: an IR program to a ranked list of equivalent candidate programs.
 
-The program is encoded into an e-graph, the rule sets of `rewrites/` run under a schedule
-with a node limit and a time limit (the expansive associative/distributive rules under a
-`back_off` scheduler), the e-graph is costed and extracted (`superopt._extract`), and the
-rewrites behind each candidate are recovered by comparing it with the reference.
+The program is encoded into an e-graph (as egglog text: milliseconds for a thousand
+nodes). The Python fusion rules of `rewrites/` look at the program and their facts, one
+per tile size when tiling is on, are unioned in; the egglog rule sets then run under a
+schedule with a node limit and a time limit (the expansive associative/distributive
+rules under a `back_off` scheduler). The e-graph is costed and extracted
+(`superopt._extract`), and the rewrites behind each candidate are named: a site where
+a fusion fact was added by that fact's rule, any other by replaying the fired rules on
+just the site's subterm (cut where reference and candidate share e-classes) and keeping
+the fewest that still rewrite it, within a small time budget.
 """
 
 from __future__ import annotations
@@ -315,50 +320,53 @@ class _Reference:
 
     class_of: dict[int, str | None]  # node id -> its let-bound class
     node_of: dict[str, Node]  # class -> a reference node in it
-    original: set[str]  # ids of the e-nodes that are reference nodes
+    outputs: tuple[Node, ...]
 
     @classmethod
     def of(cls, reference: Program, view: EGraphView) -> _Reference:
         ref_nodes = reference.nodes()
         class_of = {id(n): view.lets.get(let_name(i)) for i, n in enumerate(ref_nodes)}
         node_of: dict[str, Node] = {}
-        original: set[str] = set()
         for node in ref_nodes:
             cid = class_of[id(node)]
-            if cid is None:
-                continue
-            node_of.setdefault(cid, node)
-            arg_classes = tuple(class_of[id(a)] for a in node.args)
-            for e in view.classes.get(cid, ()):
-                if e.op == node.op and e.params == node.params and e.args == arg_classes:
-                    original.add(e.id)
-        return cls(class_of, node_of, original)
+            if cid is not None:
+                node_of.setdefault(cid, node)
+        return cls(class_of, node_of, tuple(reference.outputs))
 
 
 def _sites(ref: _Reference, view: EGraphView, choice: dict[str, ENode], candidate: Program):
-    """The sites where `candidate` differs from the reference, top-most first."""
+    """The sites where `candidate` differs from the reference, top-most first.
+
+    The two programs are walked side by side from the outputs; a site is where the
+    chosen e-node is not the reference node at that position (an e-class can hold
+    several reference nodes once a rule proved them equal, as `a + 0` and `a`).
+    """
     root = choice[view.root]
     sites: list[_Site] = []
-    seen: set[str] = set()
-    stack = list(zip(root.args, candidate.outputs))
+    seen: set[tuple[str, int]] = set()
+    stack = list(zip(root.args, ref.outputs, candidate.outputs))
     while stack:
-        cid, cnode = stack.pop()
-        if cid in seen:
+        cid, rnode, cnode = stack.pop()
+        if (cid, id(rnode)) in seen:
             continue
-        seen.add(cid)
+        seen.add((cid, id(rnode)))
         e = choice[cid]
-        if cid in ref.node_of and e.id in ref.original:
-            stack.extend(zip(e.args, cnode.args))
-        elif cid in ref.node_of:
-            sites.append(_cut(cid, ref, cnode, choice))
+        same = (
+            e.op == rnode.op
+            and e.params == rnode.params
+            and e.args == tuple(ref.class_of.get(id(a)) for a in rnode.args)
+        )
+        if same:
+            stack.extend(zip(e.args, rnode.args, cnode.args))
+        else:
+            sites.append(_cut(cid, rnode, ref, cnode, choice))
     return sites
 
 
 _CUT_DEPTH = 12  # below this a replay subterm is cut anyway (its replay may then fail)
 
 
-def _cut(cid: str, ref: _Reference, after: Node, choice: dict[str, ENode]) -> _Site:
-    before = ref.node_of[cid]
+def _cut(cid: str, before: Node, ref: _Reference, after: Node, choice: dict[str, ENode]) -> _Site:
     leaves: dict[Any, Node] = {}
 
     def leaf(key: Any, node: Node) -> Node:

@@ -11,7 +11,7 @@ from superopt._codegen import evaluate
 from superopt._search import search
 
 # A few examples per rule and dtype keep the file fast; both dtypes are always covered.
-PROFILE = settings(max_examples=3, deadline=None)
+PROFILE = settings(max_examples=2, deadline=None)
 dims = st.integers(1, 12)
 
 CASES = {
