@@ -1,13 +1,15 @@
 """The corpus for the learned cost model: program families → variants → timings → dataset.
 
-Each family builds a random program (shapes and dtypes drawn from a seeded generator) and
-its equivalent variants: hand-written rewrites of the kind the e-graph finds, the e-graph's
-own variants (`superopt.variants`, when the search provides it), and tile-size variants of
-the fused ops (`chunked_xent`, `flash_attention`). A few variants named `near_*` are not
-equivalent but close (one extra op): they widen the runtime spread within a group. All variants of one program are timed
-together with `time_callables` (interleaved, so they are comparable) and stored in a SQLite
-database (WAL mode) one row per variant. `collect` is resumable: a program whose variants
-are stored is skipped. `export` writes the rows to a `costmodel.dataset.Dataset` `.npz`.
+Each family builds a random program (shapes and dtypes drawn from a seeded generator, sized
+so that a call takes roughly 50 us - 50 ms on one CPU core) and its equivalent variants:
+hand-written rewrites of the kind the e-graph finds, the e-graph's own variants
+(`superopt.variants`), and tile-size variants of the fused ops (`chunked_xent`,
+`flash_attention`) at 5-8 tile sizes each. Every variant of a program computes the same
+value (up to float rounding), so a group's timings compare real alternatives. All variants
+of one program are timed together (interleaved, compiled once, stopping early once the
+spread is small) and stored in a SQLite database (WAL mode) one row per variant. `collect`
+is resumable: a program whose variants are stored is skipped. `export` writes the rows to a
+`costmodel.dataset.Dataset` `.npz`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costmodel.analytical import xla_cost
 from costmodel.dataset import Dataset, Record
 from costmodel.features import TILE_PARAMS, GraphArrays, featurize_program
 
 from ._codegen import to_callable
-from ._measure import time_callables
+from ._measure import Timing
 from ._trace import trace
 from .ir import Node, Params, Program, make
 
@@ -82,14 +83,17 @@ def _pick(rng: np.random.Generator, values: Sequence[int]) -> int:
 
 
 # ------------------------------------------------------------------ families
+#
+# Shapes are drawn so that most programs take 50 us - 50 ms a call on one CPU core: smaller
+# programs measure mostly dispatch noise, bigger ones eat the collection budget.
 
 
 def _mlp(rng: np.random.Generator) -> Spec:
     dt = _dtype(rng)
     b, d, h = (
-        _pick(rng, [16, 64, 128, 256]),
-        _pick(rng, [64, 128, 256]),
+        _pick(rng, [64, 128, 256, 512]),
         _pick(rng, [128, 256, 512]),
+        _pick(rng, [256, 512, 1024]),
     )
     x, w1, w2 = _arr(rng, (b, d), dt), _arr(rng, (d, h), dt), _arr(rng, (h, d), dt)
     s = 0.5
@@ -99,35 +103,86 @@ def _mlp(rng: np.random.Generator) -> Spec:
             "ref": lambda x, w1, w2: jax.nn.gelu((x @ w1) * s) @ w2,
             "scale_weight": lambda x, w1, w2: jax.nn.gelu(x @ (w1 * s)) @ w2,
             "scale_input": lambda x, w1, w2: jax.nn.gelu((x * s) @ w1) @ w2,
-            "einsum": lambda x, w1, w2: jax.nn.gelu(jnp.einsum("bd,dh->bh", x, w1) * s) @ w2,
+            "transposed": lambda x, w1, w2: (w2.T @ jax.nn.gelu((w1.T * s) @ x.T)).T,
+            "f32_acc": lambda x, w1, w2: (
+                jax.nn.gelu(jnp.dot(x, w1, preferred_element_type=jnp.float32) * s).astype(x.dtype)
+                @ w2
+            ),
         },
     )
 
 
-def _attention_naive(q, k, v):
+def _attention_naive(q, k, v, causal=False):
     scores = jnp.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1]).astype(np.float32)
+    if causal:
+        t, s = scores.shape[-2:]
+        mask = jnp.arange(t)[:, None] >= jnp.arange(s)[None, :]
+        scores = jnp.where(mask, scores, -1e30)
     return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, -1).astype(v.dtype), v)
 
 
-def _attention(rng: np.random.Generator) -> Spec:
-    b, h, d = _pick(rng, [1, 2]), _pick(rng, [2, 4]), _pick(rng, [32, 64])
-    t = _pick(rng, [128, 256, 512, 1024])
-    q, k, v = (_arr(rng, (b, t, h, d)) for _ in range(3))
+def _attention_manual(q, k, v, causal=False):
+    # Softmax by hand, the scale folded into q: the same value, different ops.
+    q = q * (1.0 / np.sqrt(q.shape[-1])).astype(np.float32)
+    scores = jnp.einsum("bthd,bshd->bhts", q, k)
+    if causal:
+        t, s = scores.shape[-2:]
+        scores = jnp.where(jnp.tril(jnp.ones((t, s), bool)), scores, -1e30)
+    e = jnp.exp(scores - scores.max(-1, keepdims=True))
+    return jnp.einsum("bhts,bshd->bthd", e / e.sum(-1, keepdims=True), v)
+
+
+def _tiles(
+    rng: np.random.Generator, dim: int, choices: Sequence[int], count: int
+) -> tuple[int, ...]:
+    """`count` tile sizes of `choices` that fit `dim` (the smallest and largest kept)."""
+    fit = sorted({c for c in choices if c <= dim})
+    if len(fit) <= count:
+        return tuple(fit)
+    inner = rng.choice(np.asarray(fit[1:-1]), count - 2, replace=False)
+    return tuple(sorted({fit[0], fit[-1], *(int(c) for c in inner)}))
+
+
+_BLOCKS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048)
+_CHUNKS = (128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 16384, 32768)
+
+
+def _attention_spec(rng: np.random.Generator, causal: bool, cross: bool) -> Spec:
+    d = _pick(rng, [32, 64])
+    s = _pick(rng, [512, 1024, 2048]) if cross else _pick(rng, [256, 512, 1024])
+    t = _pick(rng, [64, 128, 256]) if cross else s
+    # The naive forms cost b·h·t·s·d: keep a call under ~30 ms on one core.
+    b, h = (1, 2) if t * s >= 1 << 20 else (_pick(rng, [1, 2]), _pick(rng, [2, 4]))
+    q = _arr(rng, (b, t, h, d))
+    k, v = _arr(rng, (b, s, h, d)), _arr(rng, (b, s, h, d))
     scale = 1.0 / float(np.sqrt(d))
 
     def fused(ins: tuple[Node, ...], block: int) -> tuple[Node, ...]:
-        return (make("flash_attention", *ins, block=block, scale=scale, causal=False,
+        return (make("flash_attention", *ins, block=block, scale=scale, causal=causal,
                      mask_value=-1e30),)  # fmt: skip
 
     return Spec(
         (q, k, v),
         {
-            "ref": _attention_naive,
-            "library": lambda q, k, v: jax.nn.dot_product_attention(q, k, v),
+            "ref": lambda q, k, v: _attention_naive(q, k, v, causal),
+            "manual": lambda q, k, v: _attention_manual(q, k, v, causal),
+            "library": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal),
         },
         {"flash": fused},
-        tuple(x for x in (32, 64, 128, 256, 512, 1024) if x <= t),
+        _tiles(rng, s, _BLOCKS, 7),
     )
+
+
+def _attention(rng: np.random.Generator) -> Spec:
+    return _attention_spec(rng, causal=False, cross=False)
+
+
+def _causal_attention(rng: np.random.Generator) -> Spec:
+    return _attention_spec(rng, causal=True, cross=False)
+
+
+def _cross_attention(rng: np.random.Generator) -> Spec:
+    return _attention_spec(rng, causal=False, cross=True)
 
 
 def _transformer(rng: np.random.Generator) -> Spec:
@@ -137,14 +192,14 @@ def _transformer(rng: np.random.Generator) -> Spec:
     wqkv, wo = _arr(rng, (m, 3 * m)), _arr(rng, (m, m))
     w1, w2 = _arr(rng, (m, 4 * m)), _arr(rng, (4 * m, m))
 
-    def layer(x, wqkv, wo, w1, w2, fused_qkv=True, norm=jax.nn.standardize):
+    def layer(x, wqkv, wo, w1, w2, fused_qkv=True, norm=jax.nn.standardize, attn=_attention_naive):
         y = norm(x, axis=-1)
         if fused_qkv:
             q, k, v = jnp.split(y @ wqkv, 3, axis=-1)
         else:
             q, k, v = (y @ wqkv[:, i * m : (i + 1) * m] for i in range(3))
         q, k, v = (z.reshape(b, t, h, d) for z in (q, k, v))
-        x = x + _attention_naive(q, k, v).reshape(b, t, m) @ wo
+        x = x + attn(q, k, v).reshape(b, t, m) @ wo
         return x + jax.nn.gelu(norm(x, axis=-1) @ w1) @ w2
 
     def manual_norm(x, axis):
@@ -157,38 +212,62 @@ def _transformer(rng: np.random.Generator) -> Spec:
             "ref": layer,
             "split_qkv": lambda *a: layer(*a, fused_qkv=False),
             "manual_norm": lambda *a: layer(*a, norm=manual_norm),
+            "manual_attn": lambda *a: layer(*a, attn=_attention_manual),
+            "library_attn": lambda *a: layer(*a, attn=jax.nn.dot_product_attention),
+            "split_manual": lambda *a: layer(*a, fused_qkv=False, norm=manual_norm),
         },
+    )
+
+
+def _xent_spec(rng: np.random.Generator, bias: bool) -> Spec:
+    n, d = _pick(rng, [64, 128, 256, 512]), _pick(rng, [64, 128, 256])
+    vocab = _pick(rng, [4096, 8192, 16384, 32000, 50257])
+    h, w = _arr(rng, (n, d)), _arr(rng, (d, vocab))
+    bb = _arr(rng, (vocab,))
+    labels = rng.integers(0, vocab, n).astype(np.int32)
+
+    def logits_of(h, w, b):
+        return h @ w + b[None, :] if bias else h @ w
+
+    def ref(h, w, labels, b):
+        logits = logits_of(h, w, b)
+        return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], 1)[:, 0]
+
+    def onehot(h, w, labels, b):
+        return -(jax.nn.log_softmax(logits_of(h, w, b), -1) * jax.nn.one_hot(labels, vocab)).sum(-1)
+
+    def manual(h, w, labels, b):
+        logits = logits_of(h, w, b)
+        m = jax.lax.stop_gradient(logits.max(-1, keepdims=True))
+        lse = jnp.log(jnp.exp(logits - m).sum(-1)) + m[:, 0]
+        return lse - logits[jnp.arange(logits.shape[0]), labels]
+
+    def optax_like(h, w, labels, b):
+        logits = logits_of(h, w, b)
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None], 1)[:, 0]
+
+    def fused(ins: tuple[Node, ...], chunk: int) -> tuple[Node, ...]:
+        args = ins if bias else ins[:3]
+        return (make("chunked_xent", *args, chunk=chunk),)
+
+    return Spec(
+        (h, w, labels, bb),
+        {"ref": ref, "onehot": onehot, "manual": manual, "optax_like": optax_like},
+        {"chunked": fused},
+        _tiles(rng, vocab, _CHUNKS, 7),
     )
 
 
 def _xent(rng: np.random.Generator) -> Spec:
-    n, d = _pick(rng, [64, 128, 256]), _pick(rng, [64, 128, 256])
-    vocab = _pick(rng, [4096, 8192, 16384, 32000])
-    h, w = _arr(rng, (n, d)), _arr(rng, (d, vocab))
-    labels = rng.integers(0, vocab, n).astype(np.int32)
+    return _xent_spec(rng, bias=False)
 
-    def ref(h, w, labels):
-        logits = h @ w
-        return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], 1)[:, 0]
 
-    def fused(ins: tuple[Node, ...], chunk: int) -> tuple[Node, ...]:
-        return (make("chunked_xent", *ins, chunk=chunk),)
-
-    return Spec(
-        (h, w, labels),
-        {
-            "ref": ref,
-            "onehot": lambda h, w, labels: (
-                -(jax.nn.log_softmax(h @ w, -1) * jax.nn.one_hot(labels, vocab)).sum(-1)
-            ),
-        },
-        {"chunked": fused},
-        tuple(c for c in (256, 512, 1024, 2048, 4096, 8192) if c <= vocab),
-    )
+def _xent_bias(rng: np.random.Generator) -> Spec:
+    return _xent_spec(rng, bias=True)
 
 
 def _matrix_chain(rng: np.random.Generator) -> Spec:
-    dims = [_pick(rng, [8, 32, 128, 512, 1024]) for _ in range(5)]
+    dims = [_pick(rng, [16, 64, 128, 256, 512, 1024]) for _ in range(5)]
     a, b, c, d = (_arr(rng, (dims[i], dims[i + 1])) for i in range(4))
     return Spec(
         (a, b, c, d),
@@ -198,13 +277,14 @@ def _matrix_chain(rng: np.random.Generator) -> Spec:
             "middle": lambda a, b, c, d: (a @ b) @ (c @ d),
             "inner_left": lambda a, b, c, d: (a @ (b @ c)) @ d,
             "inner_right": lambda a, b, c, d: a @ ((b @ c) @ d),
+            "transposed": lambda a, b, c, d: (d.T @ (c.T @ (b.T @ a.T))).T,
         },
     )
 
 
 def _normalization(rng: np.random.Generator) -> Spec:
     dt = _dtype(rng)
-    n, d = _pick(rng, [64, 256, 1024, 4096]), _pick(rng, [64, 256, 1024])
+    n, d = _pick(rng, [256, 1024, 4096, 8192]), _pick(rng, [128, 256, 1024])
     x, g = _arr(rng, (n, d), dt), _arr(rng, (1, d), dt)
 
     def two_pass(x, g):
@@ -216,8 +296,12 @@ def _normalization(rng: np.random.Generator) -> Spec:
         var = (x * x).mean(-1, keepdims=True) - mu * mu
         return (x - mu) * jax.lax.rsqrt(var + 1e-5) * g
 
-    def rms(x, g):
-        return x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + 1e-5) * g
+    def divide(x, g):
+        mu = x.mean(-1, keepdims=True)
+        return g * (x - mu) / jnp.sqrt(x.var(-1, keepdims=True) + 1e-5)
+
+    def f32(x, g):
+        return two_pass(x.astype(jnp.float32), g.astype(jnp.float32)).astype(x.dtype)
 
     return Spec(
         (x, g),
@@ -225,31 +309,40 @@ def _normalization(rng: np.random.Generator) -> Spec:
             "ref": two_pass,
             "one_pass": one_pass,
             "library": lambda x, g: jax.nn.standardize(x, axis=-1, epsilon=1e-5) * g,
-            "rms_like": rms,
+            "divide": divide,
+            "f32": f32,
         },
     )
 
 
 def _conv(rng: np.random.Generator) -> Spec:
-    b, c, s = _pick(rng, [1, 4]), _pick(rng, [8, 16, 32]), _pick(rng, [16, 32, 64])
+    b, c, s = _pick(rng, [1, 4]), _pick(rng, [8, 16, 32]), _pick(rng, [32, 64])
     x = _arr(rng, (b, c, s, s))
     k1, k2 = _arr(rng, (c, c, 3, 3)), _arr(rng, (c, c, 3, 3))
 
     def conv(x, k):
         return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME")
 
+    def nhwc(x, k):
+        y = jax.lax.conv_general_dilated(
+            x.transpose(0, 2, 3, 1), k.transpose(2, 3, 1, 0), (1, 1), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )  # fmt: skip
+        return y.transpose(0, 3, 1, 2)
+
     return Spec(
         (x, k1, k2),
         {
             "ref": lambda x, k1, k2: conv(jax.nn.relu(conv(x, k1)), k2),
             "scaled": lambda x, k1, k2: conv(jax.nn.relu(conv(x * 2.0, k1 * 0.5)), k2),
-            "near_sum": lambda x, k1, k2: conv(jax.nn.relu(conv(x, k1)), k2).sum(1),
+            "nhwc": lambda x, k1, k2: nhwc(jax.nn.relu(nhwc(x, k1)), k2),
+            "maximum": lambda x, k1, k2: conv(jnp.maximum(conv(x, k1), 0.0), k2),
         },
     )
 
 
 def _reduction(rng: np.random.Generator) -> Spec:
-    n, k, m = (_pick(rng, [64, 256, 1024]) for _ in range(3))
+    n, k, m = (_pick(rng, [128, 256, 1024, 2048]) for _ in range(3))
     a, b = _arr(rng, (n, k)), _arr(rng, (k, m))
     return Spec(
         (a, b),
@@ -257,14 +350,15 @@ def _reduction(rng: np.random.Generator) -> Spec:
             "ref": lambda a, b: (a @ b).sum(0),
             "pushed": lambda a, b: a.sum(0) @ b,
             "einsum": lambda a, b: jnp.einsum("nk,km->m", a, b),
-            "near_max": lambda a, b: (a @ b).max(0) + (a @ b).sum(0),
+            "ones": lambda a, b: (jnp.ones((1, a.shape[0]), a.dtype) @ (a @ b))[0],
+            "transposed": lambda a, b: (b.T @ a.T).sum(1),
         },
     )
 
 
 def _elementwise(rng: np.random.Generator) -> Spec:
     dt = _dtype(rng)
-    n = _pick(rng, [1 << 12, 1 << 15, 1 << 18, 1 << 20])
+    n = _pick(rng, [1 << 16, 1 << 18, 1 << 20, 1 << 22])
     x, y = _arr(rng, (n,), dt), _arr(rng, (n,), dt)
     return Spec(
         (x, y),
@@ -272,13 +366,17 @@ def _elementwise(rng: np.random.Generator) -> Spec:
             "ref": lambda x, y: jnp.tanh(x * y + x) * jnp.exp(-y * y),
             "factored": lambda x, y: jnp.tanh(x * (y + 1)) * jnp.exp(-y * y),
             "sigmoid": lambda x, y: (2 * jax.nn.sigmoid(2 * x * (y + 1)) - 1) * jnp.exp(-y * y),
-            "near_sort": lambda x, y: jnp.tanh(x * y + x) * jnp.exp(-y * y) + jnp.sort(x)[0],
+            "exp_tanh": lambda x, y: (
+                ((1 - jnp.exp(-2 * x * (y + 1))) / (1 + jnp.exp(-2 * x * (y + 1))))
+                * jnp.exp(-y * y)
+            ),
+            "square": lambda x, y: jnp.tanh(x * y + x) * jnp.exp(-jnp.square(y)),
         },
     )
 
 
 def _recurrent(rng: np.random.Generator) -> Spec:
-    b, d = _pick(rng, [8, 32, 128]), _pick(rng, [64, 128, 256])
+    b, d = _pick(rng, [32, 128, 512]), _pick(rng, [128, 256, 512])
     x, hid = _arr(rng, (b, d)), _arr(rng, (b, d))
     wx, wh = _arr(rng, (d, 4 * d)), _arr(rng, (d, 4 * d))
 
@@ -287,6 +385,10 @@ def _recurrent(rng: np.random.Generator) -> Spec:
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         return jax.nn.sigmoid(o) * jnp.tanh(c)
 
+    def per_gate(x, h, wx, wh):
+        gates = [x @ wx[:, j * d : (j + 1) * d] + h @ wh[:, j * d : (j + 1) * d] for j in range(4)]
+        return cell(jnp.concatenate(gates, -1), h)
+
     return Spec(
         (x, hid, wx, wh),
         {
@@ -294,7 +396,10 @@ def _recurrent(rng: np.random.Generator) -> Spec:
             "concat": lambda x, h, wx, wh: cell(
                 jnp.concatenate([x, h], -1) @ jnp.concatenate([wx, wh], 0), h
             ),
-            "near_two_steps": lambda x, h, wx, wh: cell(x @ wx + cell(x @ wx + h @ wh, h) @ wh, h),
+            "per_gate": per_gate,
+            "stacked": lambda x, h, wx, wh: cell(
+                jnp.einsum("sbd,sdg->bg", jnp.stack([x, h]), jnp.stack([wx, wh])), h
+            ),
         },
     )
 
@@ -302,8 +407,11 @@ def _recurrent(rng: np.random.Generator) -> Spec:
 FAMILIES: dict[str, Callable[[np.random.Generator], Spec]] = {
     "mlp": _mlp,
     "attention": _attention,
+    "causal_attention": _causal_attention,
+    "cross_attention": _cross_attention,
     "transformer": _transformer,
     "xent": _xent,
+    "xent_bias": _xent_bias,
     "matrix_chain": _matrix_chain,
     "normalization": _normalization,
     "conv": _conv,
@@ -346,38 +454,112 @@ def _flat(fn: Callable[..., tuple[Any, ...]]) -> Callable[..., Any]:
     return lambda *xs: fn(*xs)
 
 
+def _has_tiles(program: Program) -> bool:
+    return any(k in node.params for node in program.nodes() for k in TILE_PARAMS)
+
+
+def _tile_group(program_id: str, program: Program) -> str:
+    """The tile group of a program with tiled fused ops: the program with every tile set to
+    one value names the group, so variants differing only in tile sizes share it."""
+    import hashlib
+
+    key = _retile(program, 1).canonical_key()
+    return f"{program_id}/{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
 def program_variants(
-    spec: Spec, program_id: str, limit: int = 32, egraph: bool = True, egraph_limit: int = 12
+    spec: Spec, program_id: str, limit: int = 40, egraph: bool = True, egraph_limit: int = 12
 ) -> list[Variant]:
     """Every distinct variant of a spec: the hand-written ones, the e-graph's
-    (`superopt.variants`, at most `egraph_limit`, if `egraph`), and the tile variants."""
+    (`superopt.variants`, at most `egraph_limit`, if `egraph`), and the tile variants: the
+    fused builders at each of `spec.tiles`, and every e-graph variant with a tiled fused op
+    re-tiled to each of `spec.tiles`. Variants that differ only in tile sizes share a
+    `tile_group`."""
     out: list[Variant] = []
     seen: set[str] = set()
 
-    def add(vid: str, program: Program, tile_group: str = "") -> None:
+    def add(vid: str, program: Program) -> None:
         key = program.canonical_key()
         if key not in seen and len(out) < limit:
             seen.add(key)
-            out.append(Variant(vid, program, _flat(to_callable(program)), tile_group))
+            group = _tile_group(program_id, program) if _has_tiles(program) else ""
+            out.append(Variant(vid, program, _flat(to_callable(program)), group))
 
     for name, fn in spec.fns.items():
         add(name, trace(fn, *spec.args).program)
     reference = out[0].program
+    for name, build in spec.fused.items():
+        for tile in spec.tiles:
+            add(f"{name}_t{tile}", Program(reference.inputs, build(reference.inputs, tile), {}))
     if egraph:
         try:
             from ._variants import variants
 
             ref_fn = next(iter(spec.fns.values()))
-            for i, var in enumerate(variants(ref_fn, *spec.args, limit=egraph_limit)):
-                add(f"egraph{i}", var.program)
+            found = [v.program for v in variants(ref_fn, *spec.args, limit=egraph_limit)]
         except Exception:
-            pass  # the e-graph's variants are a bonus; the hand-written ones always exist
-    for name, build in spec.fused.items():
-        inputs = reference.inputs
-        for tile in spec.tiles:
-            prog = Program(inputs, build(inputs, tile), {})
-            add(f"{name}_t{tile}", prog, f"{program_id}/{name}")
+            found = []  # the e-graph's variants are a bonus; the hand-written ones always exist
+        for i, program in enumerate(found):
+            if _has_tiles(program) and spec.tiles:
+                for tile in spec.tiles:
+                    add(f"egraph{i}_t{tile}", _retile(program, tile))
+            else:
+                add(f"egraph{i}", program)
     return out
+
+
+# ------------------------------------------------------------------ timing
+
+
+def _time_group(
+    variants: Sequence[Variant],
+    args: tuple[Any, ...],
+    budget_s: float,
+    min_rounds: int = 5,
+    max_rounds: int = 40,
+    target_spread: float = 0.05,
+) -> tuple[list[Timing], list[np.ndarray]]:
+    """Time variants interleaved, like `time_callables`, with two savings that matter for a
+    corpus of thousands of variants: each variant is compiled once (the same executable
+    gives XLA's cost analysis), and rounds stop early once every variant's spread is below
+    `target_spread` (never before `min_rounds`, never after `max_rounds` or `budget_s`)."""
+    args = jax.device_put(args)
+    compiled, costs = [], []
+    for v in variants:
+        exe = jax.jit(v.fn).lower(*args).compile()
+        compiled.append(exe)
+        costs.append(_cost_of(exe))
+        jax.block_until_ready(exe(*args))  # the warm-up call
+    samples: list[list[float]] = [[] for _ in variants]
+    clock = time.perf_counter
+    spent, rounds = 0.0, 0
+    order = list(range(len(variants)))
+    while rounds < max_rounds:
+        offset = rounds % len(order)
+        for i in order[offset:] + order[:offset]:
+            t0 = clock()
+            jax.block_until_ready(compiled[i](*args))
+            dt = clock() - t0
+            samples[i].append(dt)
+            spent += dt
+        rounds += 1
+        if rounds >= min_rounds:
+            if spent >= budget_s:
+                break
+            if max(Timing.from_samples(s).spread for s in samples) < target_spread:
+                break
+    return [Timing.from_samples(s) for s in samples], costs
+
+
+def _cost_of(exe: Any) -> np.ndarray:
+    try:
+        analysis = exe.cost_analysis()
+        if isinstance(analysis, (list, tuple)):
+            analysis = analysis[0] if analysis else {}
+        keys = ("flops", "transcendentals", "bytes accessed")
+        return np.asarray([analysis.get(k, np.nan) for k in keys], np.float32)
+    except Exception:
+        return np.full(3, np.nan, np.float32)
 
 
 # ------------------------------------------------------------------ store and collection
@@ -516,18 +698,10 @@ def _measure_program(
     spec = FAMILIES[family](np.random.default_rng(seed))
     variants = program_variants(spec, program_id)
     args = tuple(jnp.asarray(a) for a in spec.args)
-    timings = time_callables(
-        {v.variant_id: v.fn for v in variants},
-        args,
-        warmup=1,
-        min_rounds=3,
-        max_rounds=30,
-        budget_s=budget_s,
-    )
+    timings, costs = _time_group(variants, args, budget_s)
     rows = []
-    for v in variants:
-        g: GraphArrays = featurize_program(v.program, xla_cost(v.program))
-        t = timings[v.variant_id]
+    for v, t, cost in zip(variants, timings, costs):
+        g: GraphArrays = featurize_program(v.program, cost)
         rows.append((
             program_id, v.variant_id, family, v.tile_group,
             _blob(g.node_opcode.astype(np.int32)), _blob(g.node_feat.astype(np.float32)),

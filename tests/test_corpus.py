@@ -7,7 +7,16 @@ import sqlite3
 import numpy as np
 import pytest
 
-from superopt._corpus import FAMILIES, _retile, collect, export, plan, program_variants
+from superopt._corpus import (
+    FAMILIES,
+    _retile,
+    _tile_group,
+    _time_group,
+    collect,
+    export,
+    plan,
+    program_variants,
+)
 
 
 def test_plan_interleaves_families_and_rejects_unknown_ones():
@@ -18,30 +27,55 @@ def test_plan_interleaves_families_and_rejects_unknown_ones():
         plan(1, ["nope"])
 
 
-@pytest.mark.parametrize("family", ["xent", "matrix_chain", "normalization"])
+@pytest.mark.parametrize(
+    "family", ["xent_bias", "matrix_chain", "normalization", "reduction", "recurrent", "mlp"]
+)
 def test_variants_are_distinct_and_equivalent(family):
     spec = FAMILIES[family](np.random.default_rng(3))
     variants = program_variants(spec, "p", egraph=False)
     keys = [v.program.canonical_key() for v in variants]
     assert len(set(keys)) == len(keys) >= 2
+    # Every variant of a group is equivalent: no deliberately different `near_*` ones.
+    assert not any(v.variant_id.startswith("near_") for v in variants)
     ref = np.asarray(variants[0].fn(*spec.args)[0], np.float32)
     # bfloat16 draws differ between formulations (one-pass variance cancels badly there).
     tol = 5e-2 if spec.args[0].dtype == np.float32 else 0.5
     for v in variants[1:]:
-        if v.variant_id.startswith("near_"):
-            continue
         out = np.asarray(v.fn(*spec.args)[0], np.float32)
         np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+def test_causal_attention_variants_are_equivalent():
+    spec = FAMILIES["causal_attention"](np.random.default_rng(1))
+    spec = type(spec)(spec.args, spec.fns, spec.fused, spec.tiles[:2])
+    variants = program_variants(spec, "p", egraph=False)
+    ref = np.asarray(variants[0].fn(*spec.args)[0])
+    for v in variants[1:]:
+        np.testing.assert_allclose(np.asarray(v.fn(*spec.args)[0]), ref, atol=2e-4, rtol=2e-3)
 
 
 def test_tile_variants_form_a_group():
     spec = FAMILIES["xent"](np.random.default_rng(0))
     variants = program_variants(spec, "p", egraph=False)
     tiles = [v for v in variants if v.tile_group]
-    assert len(tiles) == len(spec.tiles) >= 3
-    assert {v.tile_group for v in tiles} == {"p/chunked"}
+    assert len(tiles) == len(spec.tiles) >= 5
+    assert len({v.tile_group for v in tiles}) == 1
+    assert tiles[0].tile_group.startswith("p/")
+    assert not any(v.tile_group for v in variants if v not in tiles)
     retiled = _retile(tiles[0].program, 77)
     assert retiled.outputs[0].params["chunk"] == 77
+    # Re-tiling keeps the group: only the tile sizes differ.
+    assert _tile_group("p", retiled) == tiles[0].tile_group
+
+
+def test_timer_stops_early_and_reports_costs():
+    spec = FAMILIES["reduction"](np.random.default_rng(0))
+    variants = program_variants(spec, "p", egraph=False)
+    args = tuple(np.asarray(a) for a in spec.args)
+    timings, costs = _time_group(variants, args, budget_s=0.0, min_rounds=3, max_rounds=50)
+    assert all(t.n == 3 for t in timings)
+    assert all(t.median_s > 0 for t in timings)
+    assert all(c.shape == (3,) and c[0] > 0 for c in costs)  # XLA counts the matmul FLOPs
 
 
 def test_collect_stores_resumes_and_exports(tmp_path):
