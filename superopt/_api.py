@@ -11,6 +11,7 @@ that is not callable, or example arguments the function cannot be traced with.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -24,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import _cache, _measure, _verify
+from . import _cache, _tune, _verify
 from ._codegen import render, to_callable
 from ._errors import CacheError, SignatureError, TraceError
 from ._report import Report, verdict_dict
@@ -110,7 +111,7 @@ def optimize(
     fn: Callable[..., Any],
     *example_args: Any,
     cost_model: Any = "learned",
-    budget: float = 0,
+    budget: int = 0,
     rules: Sequence[Any] | None = None,
     node_limit: int = 50_000,
     time_limit: float = 5.0,
@@ -121,6 +122,19 @@ def optimize(
 ) -> Optimized:
     """Optimize `fn` for arguments shaped like `example_args`.
 
+    The search proposes equivalent candidates ranked by `cost_model`; the first that
+    compiles and verifies wins (`budget=0`), or, with a budget, the fastest of up to
+    `budget` verified candidates timed side by side with `jax.jit(fn)` on this machine,
+    provided it is not slower than `jax.jit(fn)`.
+
+    With the tuning cache on, the winner is stored and a later call with the same program,
+    options and library versions rebuilds it without searching (tens of milliseconds for
+    a small program; `report.cached` is then `True`). Such a hit does not verify again:
+    the stored program was verified when it was stored, and the cache key covers its
+    structure, constants and the library versions, so the rebuilt program is the one
+    that passed. Timings are stored per candidate and reused too: a candidate once timed
+    on this machine is not timed again, even under other options.
+
     **Arguments:**
 
     - `fn`: the function, plain or already wrapped in `jax.jit`.
@@ -128,8 +142,12 @@ def optimize(
       accepts arguments of exactly these shapes and dtypes; verification also runs on
       these values.
     - `cost_model`: `"learned"`, `"analytical"` or a cost model object; ranks candidates.
-    - `budget`: seconds of measurement allowed. `0` trusts the cost model; more times the
-      winner against `jax.jit(fn)` and keeps it only if it is not slower.
+    - `budget`: how many candidates may be timed on the hardware. `0` trusts the cost
+      model and times nothing. `N > 0` verifies and times at most `N` candidates (the
+      model's best, then the best of each other distinct rewrite or tile-size choice)
+      in one interleaved run against `jax.jit(fn)`; the fastest wins if it is not
+      slower than `jax.jit(fn)`, else the traced program is kept and the report says
+      why. `report.measurements` lists every timed candidate.
     - `rules`: the rule sets to search with (`None` for the default ones).
     - `node_limit`: the e-graph size at which the search stops growing it.
     - `time_limit`: seconds the search may run.
@@ -141,10 +159,12 @@ def optimize(
     **Returns:** an `Optimized` callable; `.report` says what happened.
 
     **Raises:** `TraceError` if `fn` is not callable or cannot be traced with the example
-    arguments; `CacheError` if the tuning cache is unreadable.
+    arguments; `CacheError` if the tuning cache is unreadable; `ValueError` if `budget`
+    is not a whole number of candidates.
     """
     if not callable(fn):
         raise TraceError(_NOT_CALLABLE_MSG.format(kind=type(fn).__name__, value=fn))
+    budget = _check_budget(budget)
     if isinstance(static_argnums, int):
         static_argnums = (static_argnums,)
     static_argnums = tuple(sorted(static_argnums))
@@ -172,6 +192,7 @@ def optimize(
         return Optimized(fn, signature, None, reference_call, report, _original_source(name))
     phases["trace"] = time.perf_counter() - start
     ref_key = traced.program.canonical_key()
+    program_key = _tune.stable_key(traced.program)
     ops_before = traced.program.count_ops()
 
     options = {
@@ -183,12 +204,15 @@ def optimize(
         "verify": verify,
     }
     record = None
-    cached: dict[str, Any] | None = None
     if cache:
+        start = time.perf_counter()
         digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
         with _open_cache(cache_dir) as store:
-            record = store.record_key(f"{ref_key}:{digest}")
+            record = store.record_key(f"{program_key}:{digest}")
             cached = store.get_result(record)
+        hit = _rebuild(cached, fn, traced, name, phases, start)
+        if hit is not None:
+            return hit
 
     start = time.perf_counter()
     failures: list[str] = []
@@ -199,6 +223,7 @@ def optimize(
             rules=rules,
             node_limit=node_limit,
             time_limit=time_limit,
+            **({"top_k": budget} if budget > 8 else {}),
         )
     except Exception as err:
         failures.append(f"the search failed ({type(err).__name__}: {err})")
@@ -208,25 +233,20 @@ def optimize(
     if not any(c.program.canonical_key() == ref_key for c in candidates):
         # The round-tripped reference is the safe last resort whatever the search says.
         candidates.append(Candidate(traced.program))
-    cached_key = cached.get("program_key") if cached else None
-    hit = [c for c in candidates if c.program.canonical_key() == cached_key]
-    # A cached choice goes first and is not timed again; it is still verified.
-    candidates = hit + [c for c in candidates if c not in hit]
 
-    winner, timings, verdict = _choose(
-        fn,
-        example_args,
-        traced,
-        candidates,
-        ref_key,
-        name,
-        static_argnums,
-        verify=verify,
-        budget=budget,
-        trust_first=bool(hit),
-        failures=failures,
-        phases=phases,
+    build = functools.partial(
+        _build, fn, example_args, traced, name, static_argnums, verify, failures, phases
     )
+    timings: dict[str, Any] = {}
+    measured: list[_tune.Measured] = []
+    kept_reference = ""
+    if budget > 0:
+        winner, timings, measured, kept_reference = _autotune(
+            fn, example_args, static_argnums, candidates, ref_key, program_key, budget,
+            build, phases, cache_dir if cache else False,
+        )  # fmt: skip
+    else:
+        winner = next((w for w in map(build, candidates) if w is not None), None)
 
     common = dict(
         function=name,
@@ -234,6 +254,7 @@ def optimize(
         search_stats=dict(result.stats),
         candidates_tried=len(candidates),
         phase_s=phases,
+        measurements=tuple(m.to_dict() for m in measured),
         **env,
     )
     if winner is None:
@@ -242,17 +263,19 @@ def optimize(
                         **common)  # fmt: skip
         return Optimized(fn, traced, None, reference_call, report, _original_source(name))
 
-    cand, flat_call, source = winner
+    cand, flat_call, source, verdict = winner
     rewritten = cand.program.canonical_key() != ref_key
     if rewritten:
         status, reason = "optimized", _sentences([*failures, result.note])
     elif failures:
-        status, reason = "fallback", _sentences([*failures, "the traced program is returned"])
+        status = "fallback"
+        reason = _sentences([*failures, kept_reference or "the traced program is returned"])
     else:
         status = "unchanged"
         reason = _sentences(
-            [result.note or "no candidate better than the traced program was found"]
-        )
+            [kept_reference or result.note or "no candidate better than the traced program "
+             "was found"]
+        )  # fmt: skip
     report = Report(
         status=status,
         reason=reason,
@@ -265,125 +288,160 @@ def optimize(
         **common,
         **timings,
     )
-    if cached_key is not None and cand.program.canonical_key() == cached_key:
-        old = cached.get("report", {}) if cached else {}
-        report = report.replace(
-            cached=True,
-            speedup=old.get("speedup"),
-            measured_s=old.get("measured_s"),
-            reference_s=old.get("reference_s"),
-        )
-    if record is not None and not report.cached:
-        payload = {
-            "label": cand.label,
-            "program_key": cand.program.canonical_key(),
-            "status": status,
-            "report": report.to_dict(),
-        }
-        with _open_cache(cache_dir) as store:
-            store.put_result(record, payload)
+    if record is not None:
+        _store(cache_dir, record, cand.program, traced.program, report)
     return Optimized(fn, traced, cand.program, flat_call, report, source)
 
 
-def _choose(
+_BUDGET_MSG = (
+    "budget is the number of candidates to time on this machine, a whole number >= 0 "
+    "(0 trusts the cost model and times nothing); got {value!r}. For example "
+    "`superopt.optimize(f, x, budget=4)` times the model's best four distinct candidates."
+)
+
+_Winner = tuple[Candidate, Callable[..., Any], str, Any]
+
+
+def _check_budget(budget: Any) -> int:
+    ok = isinstance(budget, (int, np.integer)) and not isinstance(budget, bool)
+    if isinstance(budget, float) and budget.is_integer():
+        ok = True
+    if not ok or budget < 0:
+        raise ValueError(_BUDGET_MSG.format(value=budget))
+    return int(budget)
+
+
+def _build(
     fn: Callable[..., Any],
     example_args: tuple[Any, ...],
     traced: Traced,
-    candidates: list[Candidate],
-    ref_key: str,
     name: str,
     static_argnums: tuple[int, ...],
-    *,
     verify: bool,
-    budget: float,
-    trust_first: bool,
     failures: list[str],
     phases: dict[str, float],
-) -> tuple[tuple[Candidate, Callable[..., Any], str] | None, dict[str, Any], Any]:
-    """The first candidate that compiles, verifies and (with a budget) is not slower."""
+    cand: Candidate,
+) -> _Winner | None:
+    """Codegen and (if on) verify one candidate; `None`, with the reason noted, if it fails."""
     phases.setdefault("codegen", 0.0)
     phases.setdefault("verify", 0.0)
-    remaining = float(budget)
-    timed = 0
-    for index, cand in enumerate(candidates):
+    start = time.perf_counter()
+    try:
+        source = render(cand.program, _identifier(name))
+        flat = to_callable(cand.program, _identifier(name))
+        call = _pytree_call(flat, traced, name, cand.label)
+    except Exception as err:
+        failures.append(f"codegen of candidate {cand.label!r} failed "
+                        f"({type(err).__name__}: {err})")  # fmt: skip
+        return None
+    finally:
+        phases["codegen"] += time.perf_counter() - start
+    verdict = None
+    if verify:
         start = time.perf_counter()
         try:
-            source = render(cand.program, _identifier(name))
-            flat = to_callable(cand.program, _identifier(name))
-            call = _pytree_call(flat, traced, name, cand.label)
+            verdict = _verify.verify(fn, call, *example_args, static_argnums=static_argnums)
         except Exception as err:
-            failures.append(f"codegen of candidate {cand.label!r} failed "
-                            f"({type(err).__name__}: {err})")  # fmt: skip
-            continue
+            failures.append(f"verifying candidate {cand.label!r} raised "
+                            f"{type(err).__name__}: {err}")  # fmt: skip
+            return None
         finally:
-            phases["codegen"] += time.perf_counter() - start
-        verdict = None
-        if verify:
-            start = time.perf_counter()
-            try:
-                verdict = _verify.verify(fn, call, *example_args, static_argnums=static_argnums)
-            except Exception as err:
-                failures.append(f"verifying candidate {cand.label!r} raised "
-                                f"{type(err).__name__}: {err}")  # fmt: skip
-                continue
-            finally:
-                phases["verify"] += time.perf_counter() - start
-            if not verdict.ok:
-                failures.append(f"candidate {cand.label!r} failed verification: "
-                                f"{verdict.message}")  # fmt: skip
-                continue
-        timings: dict[str, Any] = {}
-        is_rewrite = cand.program.canonical_key() != ref_key
-        if budget > 0 and is_rewrite and not (trust_first and index == 0) and remaining > 0:
-            start = time.perf_counter()
-            # Split what is left between this comparison and, at most, two more.
-            share = remaining / max(1, min(3 - timed, len(candidates) - index))
-            timings, keep = _compare(fn, call, example_args, static_argnums, share, cand.label)
-            spent = time.perf_counter() - start
-            phases["measure"] = phases.get("measure", 0.0) + spent
-            remaining -= spent
-            timed += 1
-            if not keep:
-                failures.append(f"candidate {cand.label!r} measured slower than jax.jit "
-                                f"({timings['speedup']:.3f}x)")  # fmt: skip
-                continue
-        return (cand, call, source), timings, verdict
-    return None, {}, None
+            phases["verify"] += time.perf_counter() - start
+        if not verdict.ok:
+            failures.append(f"candidate {cand.label!r} failed verification: "
+                            f"{verdict.message}")  # fmt: skip
+            return None
+    return cand, call, source, verdict
 
 
-def _compare(
-    reference: Callable[..., Any],
-    candidate: Callable[..., Any],
-    args: tuple[Any, ...],
+def _autotune(
+    fn: Callable[..., Any],
+    example_args: tuple[Any, ...],
     static_argnums: tuple[int, ...],
-    budget_s: float,
-    label: str,
-) -> tuple[dict[str, Any], bool]:
-    """Time `candidate` against `reference` (both jitted); keep it unless it is slower."""
-    # The timer jits what it is given, so static arguments are closed over, not passed.
-    dynamic_pos = [i for i in range(len(args)) if i not in static_argnums]
+    candidates: list[Candidate],
+    ref_key: str,
+    program_key: str,
+    budget: int,
+    build: Callable[[Candidate], _Winner | None],
+    phases: dict[str, float],
+    cache_dir: str | bool | None,
+) -> tuple[_Winner | None, dict[str, Any], list[_tune.Measured], str]:
+    """Time up to `budget` verified candidates; the fastest not slower than `jax.jit` wins.
 
-    def bind(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def bound(*dyn: Any) -> Any:
-            full = list(args)
-            for i, value in zip(dynamic_pos, dyn):
-                full[i] = value
-            return fn(*full)
+    `cache_dir` is `False` without the cache (no reuse, nothing stored). Returns the
+    winner (or the traced program's build), its timings, every measurement, and why the
+    traced program was kept ("" if a candidate won).
+    """
+    rewritten = [c for c in candidates if c.program.canonical_key() != ref_key]
+    ready: list[tuple[_Winner, str]] = []
+    for cand in _tune.measurement_order(rewritten):
+        if len(ready) >= budget:
+            break
+        built = build(cand)
+        if built is not None:
+            ready.append((built, _tune.stable_key(cand.program)))
+    measured: list[_tune.Measured] = []
+    if ready:
+        start = time.perf_counter()
+        entries = [(w[0], key, w[1]) for w, key in ready]
+        store_cm = _open_cache(cache_dir) if cache_dir is not False else contextlib.nullcontext()
+        with store_cm as store:
+            measured = _tune.measure(fn, entries, example_args, static_argnums,
+                                     program_key=program_key, store=store)  # fmt: skip
+        phases["measure"] = time.perf_counter() - start
+    best = _tune.fastest(measured)
+    if best is not None:
+        winner = next(w for w, key in ready if key == best.key)
+        timings = {"speedup": best.speedup, "measured_s": best.measured_s,
+                   "reference_s": best.reference_s}  # fmt: skip
+        return winner, timings, measured, ""
+    why = ""
+    timings = {}
+    if measured:
+        listed = ", ".join(f"{m.label} {m.speedup:.2f}x" for m in measured)
+        why = (f"none of the {len(measured)} timed candidate(s) was faster than jax.jit "
+               f"({listed}), so the traced program is kept")  # fmt: skip
+        timings = {"reference_s": measured[0].reference_s}
+    reference = [c for c in candidates if c.program.canonical_key() == ref_key]
+    winner = next((w for w in map(build, reference) if w is not None), None)
+    return winner, timings, measured, why
 
-        return bound
 
-    results = _measure.time_callables(
-        {"jax.jit": bind(reference), label: bind(candidate)},
-        tuple(args[i] for i in dynamic_pos),
-        warmup=1,
-        min_rounds=5,
-        max_rounds=200,
-        budget_s=max(budget_s, 0.05),
-    )
-    ref, cand = results["jax.jit"], results[label]
-    ratio = float(_measure.speedup(ref, cand))
-    timings = {"speedup": ratio, "measured_s": cand.median_s, "reference_s": ref.median_s}
-    return timings, ratio >= 1.0
+def _rebuild(
+    cached: dict[str, Any] | None,
+    fn: Callable[..., Any],
+    traced: Traced,
+    name: str,
+    phases: dict[str, float],
+    start: float,
+) -> Optimized | None:
+    """The stored winner rebuilt against the new trace, or `None` (a cache miss)."""
+    if not cached:
+        return None
+    program = _tune.load_program(cached.get("program"), traced.program)
+    if program is None:
+        return None
+    try:
+        report = Report.from_dict(cached["report"])
+        source = render(program, _identifier(name))
+        flat = to_callable(program, _identifier(name))
+    except Exception:
+        return None  # a stale or damaged entry costs a search, never a wrong answer
+    call = _pytree_call(flat, traced, name, report.candidate)
+    phases["cache"] = time.perf_counter() - start
+    report = report.replace(function=name, cached=True, phase_s=dict(phases))
+    return Optimized(fn, traced, program, call, report, source)
+
+
+def _store(
+    cache_dir: str | None, record: str, program: Program, reference: Program, report: Report
+) -> None:
+    try:
+        stored = _tune.dump_program(program, reference)
+    except ValueError:
+        return  # not storable: the next call searches again
+    with _open_cache(cache_dir) as store:
+        store.put_result(record, {"program": stored, "report": report.to_dict()})
 
 
 def _pytree_call(
@@ -596,7 +654,7 @@ def _concrete_like(arg: Any, is_static: bool) -> Any:
 def jit(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Optimize `fn` per input signature, like `jax.jit`.
 
-    Use as `@superopt.jit`, `@superopt.jit(budget=1.0)` or `superopt.jit(fn, **options)`.
+    Use as `@superopt.jit`, `@superopt.jit(budget=4)` or `superopt.jit(fn, **options)`.
 
     **Arguments:**
 

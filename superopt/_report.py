@@ -11,7 +11,7 @@ import dataclasses
 import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,8 +44,8 @@ class Report:
     - `verified`: whether the returned program was checked against the original.
     - `verdict`: the verifier's verdict as a dict (`ok`, `max_rel_error`, `where`,
       `message`, `checks`), or `None` when verification was off or never ran.
-    - `speedup`: measured speedup of the result over `jax.jit(fn)`; `None` when nothing
-      was measured (`budget=0`).
+    - `speedup`: measured speedup of the result over `jax.jit(fn)`; `None` when the
+      result was not timed (`budget=0`, or the traced program was kept).
     - `predicted_s`: the cost model's predicted runtime of the winner, if it gave one.
     - `measured_s`: the measured median runtime of the result, if measured.
     - `reference_s`: the measured median runtime of `jax.jit(fn)`, if measured.
@@ -58,7 +58,11 @@ class Report:
     - `search_stats`: the search's statistics (e-graph size, time, ...).
     - `candidate`: the label of the winning candidate.
     - `candidates_tried`: how many candidates were generated and checked.
-    - `cached`: whether the choice came from the tuning cache.
+    - `cached`: whether the choice came from the tuning cache (a stored winner rebuilt
+      without searching; it was verified when it was stored).
+    - `measurements`: with a budget, every timed candidate: `label`, `key`, `rules`,
+      `predicted_s`, `measured_s`, `reference_s` (`jax.jit` in the same timed run),
+      `speedup`, `spread` and `reused` (the timing came from the tuning cache).
     """
 
     function: str
@@ -81,6 +85,7 @@ class Report:
     candidate: str = "reference"
     candidates_tried: int = 0
     cached: bool = False
+    measurements: tuple[Mapping[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-compatible Python data."""
@@ -109,6 +114,7 @@ class Report:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["rewrites"] = tuple(RewriteStep(**r) for r in data.get("rewrites", ()))
+        kwargs["measurements"] = tuple(dict(m) for m in data.get("measurements", ()))
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> Report:
@@ -156,8 +162,10 @@ class Report:
             stats = self.search_stats.items()
             row("search", ", ".join(f"{k}={_short(v)}" for k, v in stats))
         if self.cached:
-            row("cache", "choice read from the tuning cache")
+            row("cache", "choice read from the tuning cache (verified when stored)")
         parts: list[Any] = [table]
+        if self.measurements:
+            parts.append(measurements_table(self.measurements, self.candidate))
         if self.rewrites:
             rw = Table(title="rewrites", show_lines=False, expand=False)
             rw.add_column("rule", style="cyan")
@@ -173,6 +181,37 @@ class Report:
         console = Console(file=buffer, width=100, color_system=None, force_terminal=False)
         console.print(self)
         return buffer.getvalue().rstrip() + "\n"
+
+
+def measurements_table(measurements: Sequence[Mapping[str, Any]], winner: str = "") -> Table:
+    """The timed candidates of an autotuned optimization as a rich table.
+
+    **Arguments:**
+
+    - `measurements`: `Report.measurements`.
+    - `winner`: the winning candidate's label, marked in the table.
+
+    **Returns:** a `rich.table.Table`, fastest first.
+    """
+    table = Table(title="timed candidates (vs jax.jit in the same run)")
+    for column in ("candidate", "rewrites", "predicted", "measured", "jax.jit", "speedup",
+                   "timed"):  # fmt: skip
+        table.add_column(column)
+    ordered = sorted(measurements, key=lambda m: -float(m.get("speedup") or 0.0))
+    for m in ordered:
+        label = str(m.get("label", "?"))
+        mark = " *" if label == winner else ""
+        speed = m.get("speedup")
+        table.add_row(
+            Text(label + mark, style="bold green" if mark else ""),
+            Text(", ".join(m.get("rules") or ()) or "-"),
+            _seconds(m.get("predicted_s")),
+            _seconds(m.get("measured_s")),
+            _seconds(m.get("reference_s")),
+            "-" if not isinstance(speed, (int, float)) else f"{speed:.3f}x",
+            "cached" if m.get("reused") else "now",
+        )
+    return table
 
 
 def _jsonable(value: Any) -> Any:
