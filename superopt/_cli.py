@@ -1,4 +1,5 @@
-"""The `superopt` command line: `demo`, `optimize`, `bench`, `collect`, `train`, `evaluate`, `cache`.
+"""The `superopt` command line: `demo`, `optimize`, `tune`, `bench`, `collect`, `train`,
+`evaluate`, `cache`.
 
 Errors the user can fix (a bad path, a bad argument spec, a function superopt cannot
 trace, an unreadable cache) print one line to stderr and exit with status 1, without a
@@ -176,7 +177,9 @@ def demo(
     examples_dir: Annotated[
         Path | None, typer.Option(help="Folder of demo_*.py files (default: the bundled ones).")
     ] = None,
-    budget: Annotated[float, typer.Option(help="Seconds of timing per program (0: none).")] = 0,
+    budget: Annotated[
+        int, typer.Option(help="Candidates to time per program (0: trust the model).")
+    ] = 0,
     cost_model: Annotated[str, typer.Option(help="learned or analytical.")] = "learned",
 ) -> None:
     """Optimize the bundled example programs and print what happened to each."""
@@ -242,7 +245,7 @@ def optimize(
         list[str] | None,
         typer.Option("--args", "-a", help="One example argument, e.g. f32[128,256]; repeat."),
     ] = None,
-    budget: Annotated[float, typer.Option(help="Seconds of timing (0: trust the model).")] = 0,
+    budget: Annotated[int, typer.Option(help="Candidates to time (0: trust the model).")] = 0,
     cost_model: Annotated[str, typer.Option(help="learned or analytical.")] = "learned",
     seed: Annotated[int, typer.Option(help="Seed of the random example arguments.")] = 0,
     cache: Annotated[bool, typer.Option(help="Use the tuning cache.")] = True,
@@ -262,6 +265,42 @@ def optimize(
         console = _console()
         console.print(opt.report)
         console.print(Text(opt.source))
+
+
+@app.command()
+def tune(
+    target: Annotated[str, typer.Argument(help="path/to/file.py:function")],
+    args: Annotated[
+        list[str] | None,
+        typer.Option("--args", "-a", help="One example argument, e.g. f32[128,256]; repeat."),
+    ] = None,
+    budget: Annotated[int, typer.Option(help="Most candidates to time on this machine.")] = 4,
+    cost_model: Annotated[str, typer.Option(help="learned or analytical.")] = "learned",
+    seed: Annotated[int, typer.Option(help="Seed of the random example arguments.")] = 0,
+    cache: Annotated[bool, typer.Option(help="Use the tuning cache.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Autotune one function: time the model's best candidates against jax.jit, keep the
+    fastest that is not slower, and print every candidate's measured time."""
+    import superopt
+
+    with _clean_errors():
+        if budget < 1:
+            raise UsageError(f"--budget must be at least 1 to tune, got {budget}")
+        fn = load_function(target)
+        values = example_args(args or [], seed)
+        opt = superopt.optimize(fn, *values, budget=budget, cost_model=cost_model, cache=cache)
+        report = opt.report
+        if as_json:
+            payload = {"report": report.to_dict(), "source": opt.source}
+            typer.echo(json.dumps(payload, indent=2, sort_keys=True))
+            return
+        console = _console()
+        console.print(report)
+        if not report.measurements:
+            console.print(
+                Text("no candidate was timed: " + (report.reason or "the search found none"))
+            )
 
 
 @app.command()
@@ -345,14 +384,31 @@ def evaluate(
         Path | None, typer.Option(help="Checkpoint folder (default: the shipped weights).")
     ] = None,
     png: Annotated[
-        Path | None, typer.Option(help="Write a predicted-vs-measured scatter PNG here.")
+        Path | None,
+        typer.Option(
+            help="Write a PNG here: the predicted-vs-measured scatter, or with --autotune "
+            "the autotuning curves."
+        ),
     ] = None,
+    autotune: Annotated[
+        bool,
+        typer.Option(
+            "--autotune",
+            help="Run the autotuner experiment instead: the best runtime found after "
+            "1, 2, 4, 8, 16 measurements proposed by each model and at random.",
+        ),
+    ] = False,
 ) -> None:
     """Compare the learned and analytical models on the held-out families of a dataset."""
     from costmodel import run_evaluation
 
     with _clean_errors():
         _check_file(dataset)
+        if autotune:
+            from costmodel.autotune import run_autotune
+
+            run_autotune(dataset, weights, png=png, print_table=True)
+            return
         run_evaluation(dataset, weights, png=png, print_table=True)
 
 

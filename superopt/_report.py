@@ -193,17 +193,17 @@ def measurements_table(measurements: Sequence[Mapping[str, Any]], winner: str = 
 
     **Returns:** a `rich.table.Table`, fastest first.
     """
-    table = Table(title="timed candidates (vs jax.jit in the same run)")
-    for column in ("candidate", "rewrites", "predicted", "measured", "jax.jit", "speedup",
-                   "timed"):  # fmt: skip
+    table = Table(title="timed candidates (* won; jax.jit timed in the same run)")
+    table.add_column("candidate", no_wrap=True)
+    for column in ("rewrites", "predicted", "measured", "jax.jit", "speedup", "timed"):
         table.add_column(column)
     ordered = sorted(measurements, key=lambda m: -float(m.get("speedup") or 0.0))
     for m in ordered:
         label = str(m.get("label", "?"))
-        mark = " *" if label == winner else ""
+        won = label == winner
         speed = m.get("speedup")
         table.add_row(
-            Text(label + mark, style="bold green" if mark else ""),
+            Text(("* " if won else "  ") + label, style="bold green" if won else ""),
             Text(", ".join(m.get("rules") or ()) or "-"),
             _seconds(m.get("predicted_s")),
             _seconds(m.get("measured_s")),
