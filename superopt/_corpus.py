@@ -404,6 +404,45 @@ def _recurrent(rng: np.random.Generator) -> Spec:
     )
 
 
+def _chain5(rng: np.random.Generator) -> Spec:
+    import itertools
+
+    dims = [_pick(rng, [16, 64, 128, 256, 512, 1024]) for _ in range(6)]
+    mats = tuple(_arr(rng, (dims[i], dims[i + 1])) for i in range(5))
+
+    def orders(lo: int, hi: int) -> list[Callable[[tuple[Any, ...]], Any]]:
+        # Every parenthesization of mats[lo:hi] (the Catalan number of them: 14 for five).
+        if hi - lo == 1:
+            return [lambda ms, i=lo: ms[i]]
+        out = []
+        for mid in range(lo + 1, hi):
+            for left, right in itertools.product(orders(lo, mid), orders(mid, hi)):
+                out.append(lambda ms, left=left, right=right: left(ms) @ right(ms))
+        return out
+
+    fns = {f"order{i}": (lambda *ms, f=f: f(ms)) for i, f in enumerate(orders(0, 5))}
+    return Spec(mats, fns)
+
+
+def _shared_operand(rng: np.random.Generator) -> Spec:
+    n, k, m = (_pick(rng, [64, 256, 512, 1024]) for _ in range(3))
+    dt = _dtype(rng)
+    a, b, c = _arr(rng, (n, k), dt), _arr(rng, (k, m), dt), _arr(rng, (k, m), dt)
+    s = 0.25
+    return Spec(
+        (a, b, c),
+        {
+            "ref": lambda a, b, c: s * (a @ b) + s * (a @ c),
+            "factored": lambda a, b, c: s * (a @ (b + c)),
+            "scale_left": lambda a, b, c: (s * a) @ (b + c),
+            "scale_right": lambda a, b, c: a @ (s * (b + c)),
+            "scale_each": lambda a, b, c: a @ (s * b) + a @ (s * c),
+            "stacked": lambda a, b, c: s * jnp.einsum("nk,skm->nm", a, jnp.stack([b, c])),
+            "concat": lambda a, b, c: s * (a @ jnp.concatenate([b, c], 1)).reshape(n, 2, m).sum(1),
+        },
+    )
+
+
 FAMILIES: dict[str, Callable[[np.random.Generator], Spec]] = {
     "mlp": _mlp,
     "attention": _attention,
@@ -418,6 +457,9 @@ FAMILIES: dict[str, Callable[[np.random.Generator], Spec]] = {
     "reduction": _reduction,
     "elementwise": _elementwise,
     "recurrent": _recurrent,
+    # Appended, not inserted: a program's id and seed depend on its family's position.
+    "chain5": _chain5,
+    "shared_operand": _shared_operand,
 }
 
 

@@ -28,7 +28,17 @@ def test_plan_interleaves_families_and_rejects_unknown_ones():
 
 
 @pytest.mark.parametrize(
-    "family", ["xent_bias", "matrix_chain", "normalization", "reduction", "recurrent", "mlp"]
+    "family",
+    [
+        "xent_bias",
+        "matrix_chain",
+        "normalization",
+        "reduction",
+        "recurrent",
+        "mlp",
+        "chain5",
+        "shared_operand",
+    ],
 )
 def test_variants_are_distinct_and_equivalent(family):
     spec = FAMILIES[family](np.random.default_rng(3))
