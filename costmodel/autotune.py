@@ -125,7 +125,8 @@ def _curve(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Ratio of the best found to the best, within-tolerance flags per step, and the
     number of measurements to get within tolerance, for one order of one group."""
-    found = np.minimum.accumulate(runtime[order]) / runtime.min()
+    times = runtime[order]
+    found = np.minimum.accumulate(times) / times.min()
     at = np.asarray([found[min(k, len(found)) - 1] for k in steps])
     reached = int(np.argmax(found <= 1.0 + tolerance)) + 1
     return at, at <= 1.0 + tolerance, float(reached)

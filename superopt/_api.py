@@ -438,8 +438,8 @@ def _store(
 ) -> None:
     try:
         stored = _tune.dump_program(program, reference)
-    except ValueError:
-        return  # not storable: the next call searches again
+    except Exception:
+        return  # not storable (a parameter with no plain form): the next call searches
     with _open_cache(cache_dir) as store:
         store.put_result(record, {"program": stored, "report": report.to_dict()})
 

@@ -218,9 +218,11 @@ def load_program(data: Any, reference: Program) -> Program | None:
         program = Program(
             reference.inputs, tuple(built[o] for o in data["outputs"]), reference.consts
         )
-    except (KeyError, IndexError, TypeError, ValueError):
+        same = stable_key(program) == data.get("key")
+    except Exception:
+        # Whatever is wrong with a stored entry, it costs a search, never a wrong program.
         return None
-    return program if stable_key(program) == data.get("key") else None
+    return program if same else None
 
 
 # ---------------------------------------------------------------- choosing what to time

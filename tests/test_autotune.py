@@ -36,7 +36,7 @@ def _dataset():
         Record("f", "p0", f"t{i}", _graph(t), t, 0.0, "p0/tile")
         for i, t in enumerate([4.0, 1.0, 3.0, 2.0])
     ]
-    records += [Record("f", "p1", f"r{i}", _graph(t), t) for i, t in enumerate([1.0, 5.0, 1.03])]
+    records += [Record("f", "p1", f"r{i}", _graph(t), t) for i, t in enumerate([2.0, 10.0, 2.06])]
     records += [Record("g", "p2", "only", _graph(1.0), 1.0)]  # a group of one is no group
     return Dataset.from_records(records, {"backend": "cpu"})  # fmt: skip
 
@@ -70,9 +70,11 @@ def test_oracle_reversed_and_random_proposers():
     worst = result.row("tile", "reversed")  # measures 4, 3, 2, 1 seconds in that order
     assert worst.within == (0.0, 0.0, 1.0, 1.0, 1.0) and worst.to_reach == 4.0
     assert worst.slowdown[:3] == pytest.approx((3.0, 2.0, 0.0))
-    # p1 reversed measures 5 s, then 1.03 s: within 5% of 1 s after two.
+    # p1 reversed measures 10 s, then 2.06 s: within 5% of its best, 2 s, after two.
     rewrite = result.row("rewrite", "reversed")
     assert rewrite.groups == 2 and rewrite.within[:3] == (0.0, 0.5, 1.0)
+    assert rewrite.slowdown[0] == pytest.approx((3.0 + 4.0) / 2)  # 4 s over 1, 10 s over 2
+    assert rewrite.slowdown[3:] == (0.0, 0.0)  # every variant measured: the best is found
     random = result.row("tile", "random")
     assert random.within[0] == pytest.approx(0.25, abs=0.1)  # one good tile in four
     assert random.slowdown[0] == pytest.approx(1.5, abs=0.3)  # mean of 4, 1, 3, 2 over 1
