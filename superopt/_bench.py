@@ -149,7 +149,10 @@ def run_bench(
     for name in names:
         fn, make_args = load_case(name)
         rows.append(bench_case(name, fn, make_args(), budget_s=budget_s, cost_model=cost_model))
-    out = print_fn or Console(highlight=False, soft_wrap=True).print
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 132)  # piped output keeps whole columns
+    out = print_fn or console.print
     if as_json:
         payload = {
             "rows": [asdict(r) for r in rows],
