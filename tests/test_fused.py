@@ -14,7 +14,7 @@ import superopt
 from superopt.ir import Cost, Node, Params, ShapeError, make, node_cost
 from superopt.ir._fused import chunked_xent, flash_attention
 
-FAST = settings(max_examples=5, deadline=None, phases=(Phase.explicit, Phase.generate))
+FAST = settings(max_examples=3, deadline=None, phases=(Phase.explicit, Phase.generate))
 TOL = {"float32": (2e-4, 2e-4), "bfloat16": (4e-2, 6e-2)}
 
 

@@ -13,7 +13,7 @@ import superopt
 from rewrites import fusion
 from superopt._codegen import to_callable
 
-FAST = settings(max_examples=3, deadline=None, phases=(Phase.explicit, Phase.generate))
+FAST = settings(max_examples=2, deadline=None, phases=(Phase.explicit, Phase.generate))
 TOL = {"float32": (2e-4, 2e-4), "bfloat16": (5e-2, 1e-1)}
 
 

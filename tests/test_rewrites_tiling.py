@@ -13,7 +13,7 @@ import superopt
 from rewrites import fusion, tiling
 from superopt._codegen import to_callable
 
-FAST = settings(max_examples=3, deadline=None, phases=(Phase.explicit, Phase.generate))
+FAST = settings(max_examples=2, deadline=None, phases=(Phase.explicit, Phase.generate))
 
 
 def test_tile_sizes():
