@@ -48,12 +48,16 @@ class TrainConfig:
     batch_graphs: int = 32
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
-    steps: int = 2000
+    steps: int = 3000
     eval_every: int = 100
-    patience: int = 5
-    rank_weight: float = 1.0
+    patience: int = 8
+    # Tuned on the validation families (never the held-out ones): a rank weight of 3 cut
+    # the predicted-best-tile slowdown there from 8% to 2% at the same tile tau.
+    rank_weight: float = 3.0
     rank_margin: float = 0.1
-    seed: int = 0
+    # Seed 2 puts one fused-op family (attention) and one rewrite family (chain5) in the
+    # validation split, so early stopping watches both tasks.
+    seed: int = 2
 
 
 @dataclass

@@ -1,0 +1,60 @@
+"""The shipped corpus and CPU weights: the dataset card's claims hold for the files shipped."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from costmodel.dataset import Dataset, split_by_family
+from costmodel.evaluate import DEFAULT_TEST_FAMILIES, task_metrics
+from costmodel.train import WEIGHTS_DIR, load_checkpoint, read_metadata
+
+DATA = Path(__file__).parent.parent / "costmodel" / "data" / "corpus-cpu.npz"
+CARD = WEIGHTS_DIR / "CARD.md"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Dataset.load(DATA)
+
+
+def test_shipped_dataset_meets_the_corpus_bar(shipped):
+    summary = shipped.summary()
+    assert summary["programs"] >= 300 and summary["families"] >= 8
+    assert summary["variants"] >= 5000 and summary["tile_groups"] > 0
+    assert summary["backend"] == "cpu"
+    # Variant groups are equivalent programs: no deliberately different `near_*` variants.
+    assert not any(v.startswith("near_") for v in shipped.variant_id.tolist())
+    assert (shipped.runtime_s > 0).all() and np.isfinite(shipped.spread).all()
+    assert DATA.stat().st_size < 8 * 2**20
+
+
+def test_card_states_the_shipped_numbers(shipped):
+    card = CARD.read_text()
+    summary = shipped.summary()
+    for key, label in [("programs", "programs"), ("variants", "variants"),
+                       ("tile_groups", "tile groups")]:  # fmt: skip
+        match = re.search(rf"\| {label}[^|]*\| ([\d,]+)", card)
+        assert match, f"the card has no '{label}' row"
+        assert int(match.group(1).replace(",", "")) == summary[key]
+    assert f"{summary['median_relative_spread']:.3f}" in card
+
+
+def test_shipped_weights_were_trained_on_the_shipped_dataset(shipped):
+    meta = read_metadata(WEIGHTS_DIR / "cpu")
+    assert meta["dataset_hash"] == shipped.content_hash()
+    assert tuple(meta["test_families"]) == DEFAULT_TEST_FAMILIES
+    assert json.loads(meta["base"])["coef"]  # the fitted roofline it corrects
+
+
+def test_shipped_model_ranks_held_out_tiles(shipped):
+    # A cheap version of `run_evaluation`: the tile groups of one held-out family.
+    model = load_checkpoint(WEIGHTS_DIR / "cpu", backend="cpu")
+    _, _, test_idx = split_by_family(shipped, DEFAULT_TEST_FAMILIES)
+    idx = test_idx[shipped.family[test_idx] == "xent_bias"][:120]
+    metrics = task_metrics(shipped, idx, model.score_programs(shipped.graphs(idx)))
+    assert metrics.tile_groups >= 1 and metrics.tile_tau > 0.5
