@@ -310,7 +310,7 @@ def bench(
     ] = None,
     budget: Annotated[float, typer.Option(help="Seconds of timed rounds per case.")] = 2.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
-    cost_model: Annotated[str, typer.Option(help="flops, learned or analytical.")] = "flops",
+    cost_model: Annotated[str, typer.Option(help="learned, analytical or flops.")] = "learned",
 ) -> None:
     """Optimize the example programs and time them side by side against jax.jit."""
     from ._bench import run_bench
