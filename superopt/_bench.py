@@ -209,6 +209,7 @@ def table(rows: list[BenchRow], cost_model: Any = "learned") -> Any:
 
     The `target` column is the speedup issue 5 asks for, marked `ok` or `MISS`.
     """
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"superopt bench ({jax.default_backend()}, cost model {cost_model})")
@@ -226,7 +227,8 @@ def table(rows: list[BenchRow], cost_model: Any = "learned") -> Any:
             f"{'>=' if r.target > FLOOR else 'floor'} {r.target:g}x {'ok' if r.met else 'MISS'}",
             f"{r.optimize_s:.2f}",
             "yes" if r.verified else "no",
-            ", ".join(dict.fromkeys(r.rewrites)) or "-",
+            # Tiled rewrites read `flash_attention[block=256]`: not rich markup.
+            escape(", ".join(dict.fromkeys(r.rewrites))) or "-",
         )
     t.add_section()
     missed = sum(not r.met for r in rows)

@@ -73,7 +73,7 @@ def test_table_marks_misses_and_geomean():
     rows = [
         BenchRow("matrix_chain", 10.0, 0.4, 25.0, 1.0, ("dot_assoc",), True, "optimized",
                  target=20.0),
-        BenchRow("mlp", 1.0, 1.1, 0.9, 1.0, (), True, "unchanged"),
+        BenchRow("mlp", 1.0, 1.1, 0.9, 1.0, ("flash_attention[block=256]",), True, "optimized"),
     ]  # fmt: skip
     assert rows[0].met and not rows[1].met and rows[1].target == FLOOR
     console = Console(width=200, record=True)
@@ -81,6 +81,7 @@ def test_table_marks_misses_and_geomean():
     text = console.export_text()
     assert ">= 20x ok" in text and "floor 0.95x MISS" in text and "1 missed" in text
     assert f"{geomean([25.0, 0.9]):.2f}x" in text
+    assert "flash_attention[block=256]" in text  # the chosen tile size is shown
 
 
 def test_unknown_case_and_geomean():
