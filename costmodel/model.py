@@ -260,6 +260,8 @@ class LearnedCostModel(AbstractCostModel):
     - `feat_mean`, `feat_std`: node-feature normalization (`float32[NUM_FEATURES]`).
     - `log_offset`: added to the network's output to give log seconds.
     - `base`: a model whose prediction the network corrects (`None` for none).
+    - `members`: further networks trained like `network` from other initializations; the
+      prediction is the mean of all networks' log seconds (an ensemble).
     """
 
     network: GraphModel
@@ -268,6 +270,12 @@ class LearnedCostModel(AbstractCostModel):
     log_offset: float = eqx.field(static=True, default=0.0)
     batch_graphs: int = eqx.field(static=True, default=32)
     base: AbstractCostModel | None = None
+    members: tuple[GraphModel, ...] = ()
+
+    @property
+    def networks(self) -> tuple[GraphModel, ...]:
+        """Every network of the ensemble (`network` first)."""
+        return (self.network, *self.members)
 
     def base_log(self, graphs: Sequence[GraphArrays]) -> np.ndarray | None:
         """The base model's log seconds minus the offset (what `pack` takes)."""
@@ -287,8 +295,8 @@ class LearnedCostModel(AbstractCostModel):
                 feat_std=std,
                 base_log=self.base_log(chunk),
             )
-            log_s, _ = _forward(self.network, batch)
-            out[i : i + len(chunk)] = np.asarray(log_s[: len(chunk)])
+            log_s = np.mean([np.asarray(_forward(net, batch)[0]) for net in self.networks], 0)
+            out[i : i + len(chunk)] = log_s[: len(chunk)]
         return np.exp(out + self.log_offset)
 
     def score_nodes(
@@ -302,7 +310,7 @@ class LearnedCostModel(AbstractCostModel):
         feat = np.zeros((size, NUM_FEATURES), np.float32)
         opcode[:n] = node_opcode
         feat[:n] = (np.asarray(node_feat) - np.asarray(self.feat_mean)) / np.asarray(self.feat_std)
-        log_s = np.asarray(_encode(self.network, opcode, feat))[:n]
+        log_s = np.mean([np.asarray(_encode(net, opcode, feat)) for net in self.networks], 0)[:n]
         shares = np.exp(log_s.astype(np.float64) + self.log_offset)
         if self.base is not None:
             shares = shares + self.base.score_nodes(node_opcode, node_feat)

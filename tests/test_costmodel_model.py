@@ -86,7 +86,7 @@ def test_split_is_by_family_never_by_row(tiny_dataset):
 
 def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
     config = TrainConfig(width=16, embed_dim=4, num_layers=2, batch_graphs=8, steps=30,
-                         eval_every=10, patience=10, learning_rate=5e-3)  # fmt: skip
+                         eval_every=10, patience=10, learning_rate=5e-3, ensemble=1)  # fmt: skip
     result = train(tiny_dataset, test_families=("d",), config=config, out=tmp_path,
                    progress=False)  # fmt: skip
     losses = [h["train_loss"] for h in result.history]
@@ -139,3 +139,30 @@ def test_scoring_ten_thousand_enodes_is_fast(tiny_dataset):
     scores = model.score_nodes(opcodes, feats)
     assert time.perf_counter() - start < 1.0
     assert scores.shape == (10_000,) and (scores > 0).all()
+
+
+def test_ensemble_averages_members_in_log_space_and_round_trips(tiny_dataset, tmp_path):
+    config = TrainConfig(width=8, embed_dim=4, num_layers=1, batch_graphs=8, steps=10,
+                         eval_every=5, ensemble=2)  # fmt: skip
+    result = train(tiny_dataset, test_families=("d",), config=config, out=tmp_path,
+                   progress=False)  # fmt: skip
+    model = result.model
+    assert len(model.networks) == 2
+    graphs = tiny_dataset.graphs(result.test_idx[:4])
+    singles = [
+        LearnedCostModel(net, model.feat_mean, model.feat_std, model.log_offset, 8, model.base)
+        for net in model.networks
+    ]
+    alone = np.stack([np.log(m.score_programs(graphs)) for m in singles])
+    # Members start from different initializations, so they disagree; the ensemble is the
+    # geometric mean of their predictions.
+    assert not np.allclose(alone[0], alone[1])
+    assert np.allclose(np.log(model.score_programs(graphs)), alone.mean(0), atol=1e-5)
+    loaded = load_checkpoint(tmp_path, backend="cpu")
+    assert len(loaded.networks) == 2
+    assert np.allclose(loaded.score_programs(graphs), model.score_programs(graphs))
+    g = graphs[0]
+    assert np.allclose(
+        loaded.score_nodes(g.node_opcode, g.node_feat),
+        model.score_nodes(g.node_opcode, g.node_feat),
+    )
