@@ -69,6 +69,8 @@ class BenchRow:
     - `status`: the report's status (`optimized`, `unchanged`, `fallback`).
     - `predicted_ms`: the cost model's predicted milliseconds for the winner, if any.
     - `target`: the speedup issue 5 asks of this case (`FLOOR` where it names none).
+    - `rounds`: how many timed calls each median is over.
+    - `spread`: the larger interquartile range over median of the two timings.
     """
 
     name: str
@@ -81,6 +83,8 @@ class BenchRow:
     status: str
     predicted_ms: float | None = None
     target: float = FLOOR
+    rounds: int = 0
+    spread: float = 0.0
 
     @property
     def met(self) -> bool:
@@ -131,8 +135,10 @@ def bench_case(
     start = time.perf_counter()
     opt = superopt.optimize(fn, *args, budget=0, cost_model=cost_model, cache=False)
     optimize_s = time.perf_counter() - start
+    # A slow case (attention at 4096: ~0.4 s a call) fits only a few calls in the budget;
+    # ten rounds at least keep its median from resting on three samples.
     times = superopt.time_callables(
-        {"jit": jax.jit(fn), "superopt": opt}, tuple(args), budget_s=budget_s
+        {"jit": jax.jit(fn), "superopt": opt}, tuple(args), budget_s=budget_s, min_rounds=10
     )
     report = opt.report
     return BenchRow(
@@ -146,6 +152,8 @@ def bench_case(
         status=report.status,
         predicted_ms=None if report.predicted_s is None else report.predicted_s * 1e3,
         target=TARGETS.get(name, FLOOR),
+        rounds=times["jit"].n,
+        spread=max(times["jit"].spread, times["superopt"].spread),
     )
 
 

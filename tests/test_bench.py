@@ -37,6 +37,7 @@ def test_run_bench_one_case_table_and_json(capsys):
     assert "sum_of_dot" in row.rewrites
     assert row.jit_ms > 0 and row.superopt_ms > 0 and row.optimize_s > 0
     assert row.target == TARGETS["sum_of_product"] == 10.0
+    assert row.rounds >= 10 and row.spread >= 0
     assert printed  # a rich table
     rows = run_bench(["sum_of_product"], budget_s=0.05, cost_model="flops", as_json=True)
     data = json.loads(capsys.readouterr().out)
