@@ -342,30 +342,10 @@ def run_autotune(
 
     **Returns:** the `AutotuneResult`.
     """
-    from .analytical import AnalyticalCostModel
-    from .dataset import split_by_family
-    from .evaluate import DEFAULT_TEST_FAMILIES
-    from .train import WEIGHTS_DIR, load_checkpoint, read_metadata
+    from .evaluate import held_out_setup
 
-    dataset = Dataset.load(dataset_path)
-    weights = WEIGHTS_DIR / dataset.meta.get("backend", "cpu") if weights is None else weights
-    learned = load_checkpoint(weights)
-    meta = read_metadata(weights)
-    test_families = tuple(meta.get("test_families") or DEFAULT_TEST_FAMILIES)
-    train_idx, val_idx, test_idx = split_by_family(dataset, test_families)
-    analytical_path = Path(weights) / "analytical.json"
-    if analytical_path.exists():
-        analytical = AnalyticalCostModel.from_json(analytical_path.read_text())
-    else:
-        fit_idx = np.concatenate([train_idx, val_idx])
-        analytical = AnalyticalCostModel().fit(dataset.graphs(fit_idx), dataset.runtime_s[fit_idx])
-    result = evaluate_autotune(
-        dataset,
-        {"learned": learned, "analytical": analytical},
-        test_idx,
-        test_families,
-        png,
-    )
+    dataset, models, test_idx, test_families = held_out_setup(dataset_path, weights)
+    result = evaluate_autotune(dataset, models, test_idx, test_families, png)
     if print_table:
         from rich.console import Console
 

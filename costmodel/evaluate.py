@@ -214,6 +214,39 @@ def scatter_png(
     return path
 
 
+def held_out_setup(
+    dataset_path: str | Path, weights: str | Path | None = None
+) -> tuple[Dataset, dict[str, AbstractCostModel], np.ndarray, tuple[str, ...]]:
+    """What an evaluation on held-out families needs: the dataset, the learned and
+    analytical models of a checkpoint, and the held-out records and families (those the
+    checkpoint's metadata records).
+
+    **Arguments:**
+
+    - `dataset_path`: the `.npz` dataset.
+    - `weights`: the checkpoint directory (default `costmodel/weights/<backend>`).
+
+    **Returns:** `(dataset, {"learned": ..., "analytical": ...}, test_idx, test_families)`.
+    """
+    from .analytical import AnalyticalCostModel
+    from .dataset import split_by_family
+    from .train import WEIGHTS_DIR, load_checkpoint, read_metadata
+
+    dataset = Dataset.load(dataset_path)
+    weights = WEIGHTS_DIR / dataset.meta.get("backend", "cpu") if weights is None else weights
+    learned = load_checkpoint(weights)
+    meta = read_metadata(weights)
+    test_families = tuple(meta.get("test_families") or DEFAULT_TEST_FAMILIES)
+    train_idx, val_idx, test_idx = split_by_family(dataset, test_families)
+    analytical_path = Path(weights) / "analytical.json"
+    if analytical_path.exists():
+        analytical = AnalyticalCostModel.from_json(analytical_path.read_text())
+    else:
+        fit_idx = np.concatenate([train_idx, val_idx])
+        analytical = AnalyticalCostModel().fit(dataset.graphs(fit_idx), dataset.runtime_s[fit_idx])
+    return dataset, {"learned": learned, "analytical": analytical}, test_idx, test_families
+
+
 def run_evaluation(
     dataset_path: str | Path,
     weights: str | Path | None = None,
@@ -233,29 +266,8 @@ def run_evaluation(
 
     **Returns:** the `Evaluation`.
     """
-    from .analytical import AnalyticalCostModel
-    from .dataset import split_by_family
-    from .train import WEIGHTS_DIR, load_checkpoint, read_metadata
-
-    dataset = Dataset.load(dataset_path)
-    weights = WEIGHTS_DIR / dataset.meta.get("backend", "cpu") if weights is None else weights
-    learned = load_checkpoint(weights)
-    meta = read_metadata(weights)
-    test_families = tuple(meta.get("test_families") or DEFAULT_TEST_FAMILIES)
-    train_idx, val_idx, test_idx = split_by_family(dataset, test_families)
-    analytical_path = Path(weights) / "analytical.json"
-    if analytical_path.exists():
-        analytical = AnalyticalCostModel.from_json(analytical_path.read_text())
-    else:
-        fit_idx = np.concatenate([train_idx, val_idx])
-        analytical = AnalyticalCostModel().fit(dataset.graphs(fit_idx), dataset.runtime_s[fit_idx])
-    result = evaluate(
-        dataset,
-        {"learned": learned, "analytical": analytical},
-        test_idx,
-        test_families,
-        png,
-    )
+    dataset, models, test_idx, test_families = held_out_setup(dataset_path, weights)
+    result = evaluate(dataset, models, test_idx, test_families, png)
     if print_table:
         from rich.console import Console
 
