@@ -405,3 +405,14 @@ def test_a_program_with_an_opaque_scan_is_rebuilt_from_the_cache(tmp_path):
     assert second.report.cached and "opaque" in second.report.ops_before
     np.testing.assert_allclose(second(*args), cumulative(*args), rtol=1e-5)
     np.testing.assert_allclose(jax.grad(second)(*args), jax.grad(first)(*args), rtol=1e-5)
+
+
+def test_report_names_the_fallback_when_learned_weights_are_missing(tmp_path, monkeypatch):
+    from superopt import _predict
+
+    monkeypatch.setattr(_predict, "default_weights", lambda: tmp_path / "no-weights")
+    _predict._learned.cache_clear()
+    x = jnp.ones((4, 4))
+    opt = superopt.optimize(lambda a: (a @ a) @ a[:, :1], x, cache=False)
+    assert opt.report.cost_model.startswith("analytical (learned model unavailable")
+    np.testing.assert_allclose(opt(x), (x @ x) @ x[:, :1], rtol=1e-5)
