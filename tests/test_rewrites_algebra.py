@@ -34,6 +34,12 @@ CASES = {
     "transpose_transpose": (lambda a, b: a.T.T @ b, lambda m, k, n, p: [(m, k), (k, n)]),
     "mul_one": (lambda a, b: (a * 1.0) @ b, lambda m, k, n, p: [(m, k), (k, n)]),
     "add_zero": (lambda a, b: (a + 0.0) @ b, lambda m, k, n, p: [(m, k), (k, n)]),
+    "dot_expand": (lambda a, b, c: a @ (b + c), lambda m, k, n, p: [(m, k), (k, n), (k, n)]),
+    "scalar_into_dot": (lambda a, b: (a @ b) * 3.0, lambda m, k, n, p: [(m, k), (k, n)]),
+    "unbroadcast_scalar": (
+        lambda a, s, b: (a * jnp.broadcast_to(s, a.shape)) @ b,
+        lambda m, k, n, p: [(m, k), (), (k, n)],
+    ),
 }
 
 
