@@ -169,7 +169,7 @@ def optimize(
         static_argnums = (static_argnums,)
     static_argnums = tuple(sorted(static_argnums))
     name = _function_name(fn)
-    reference_call = _jit_reference(fn, static_argnums, example_args)
+    reference_call = _verify.jit_static(fn, example_args, static_argnums)
     phases: dict[str, float] = {}
     env = _environment(cost_model)
 
@@ -456,19 +456,6 @@ def _pytree_call(
 
     call.__name__ = call.__qualname__ = f"{name}[{label}]"
     return call
-
-
-def _jit_reference(
-    fn: Callable[..., Any], static_argnums: tuple[int, ...], args: tuple[Any, ...]
-) -> Callable[..., Any]:
-    """`jax.jit(fn)`, or `fn` itself when its static arguments cannot be hashed."""
-    try:
-        for i in static_argnums:
-            if i < len(args):
-                hash(args[i])
-    except TypeError:
-        return fn
-    return jax.jit(fn, static_argnums=static_argnums)
 
 
 def _jax_can_trace(fn: Callable[..., Any], args: tuple[Any, ...], static: tuple[int, ...]) -> bool:

@@ -395,18 +395,8 @@ def alternatives(
     for choice in (best_choice, tree_best):
         prog = ex.program(choice, reference)
         results.setdefault(prog.canonical_key(), (ex.dag_cost(choice), prog, choice))
-    order: list[str] = []
-    seen: set[str] = set()
-    stack = [ex.view.root]
-    while stack:
-        c = stack.pop()
-        if c in seen:
-            continue
-        seen.add(c)
-        order.append(c)
-        stack.extend(reversed(best_choice[c].args))
     tries = 0
-    for cid in order:
+    for cid in _reachable(ex.view, best_choice):
         for e in ex.view.classes[cid]:
             if len(results) >= limit or tries >= 4 * limit + 16:
                 break

@@ -349,8 +349,8 @@ def verify(
     if isinstance(static_argnums, int):
         static_argnums = (static_argnums,)
     static_argnums = tuple(static_argnums)
-    ref_fn = _jit(reference, args, static_argnums)
-    cand_fn = _jit(candidate, args, static_argnums)
+    ref_fn = jit_static(reference, args, static_argnums)
+    cand_fn = jit_static(candidate, args, static_argnums)
     leaves, tree = _split(args, static_argnums)
     input_sets: list[tuple[str, tuple[Any, ...]]] = [("user inputs", tuple(args))]
     for k in range(num_random):
@@ -418,7 +418,7 @@ def _check_one(
     return verify_outputs(expected, got, rtol=rtol, atol=atol, inputs=name)
 
 
-def _jit(
+def jit_static(
     fn: Callable[..., Any], args: Sequence[Any], static_argnums: tuple[int, ...]
 ) -> Callable[..., Any]:
     """`jax.jit(fn)`, or `fn` itself when a static argument cannot be hashed."""
