@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import kendalltau
 
 from .dataset import Dataset
 from .model import AbstractCostModel
@@ -58,6 +57,8 @@ def _tau(pred: np.ndarray, true: np.ndarray) -> float:
         return float("nan")
     if np.ptp(pred) == 0:
         return 0.0
+    from scipy.stats import kendalltau  # scipy.stats takes a second to import
+
     return float(kendalltau(pred, true).statistic)
 
 

@@ -406,8 +406,16 @@ def _to_bthd(x: Node, labels: tuple[str, ...], last: str) -> Node | None:
     return base if base.shape == full else make("reshape", base, new_sizes=full)
 
 
-def _causal(mask: Node) -> bool:
-    """Whether a constant mask is the lower triangle over its last two axes."""
+def _causal(mask: Node, memo: dict[int, bool]) -> bool:
+    """Whether a constant mask is the lower triangle over its last two axes (evaluated
+    once per mask node: `memo` maps node ids, for one pass over one program)."""
+    if id(mask) in memo:
+        return memo[id(mask)]
+    memo[id(mask)] = result = _is_lower_triangle(mask)
+    return result
+
+
+def _is_lower_triangle(mask: Node) -> bool:
     if _depends_on_input(mask) or mask.size > 2**26:
         return False
     from superopt._codegen import evaluate  # evaluating needs codegen's interpreter
@@ -420,12 +428,13 @@ def _causal(mask: Node) -> bool:
 def find_flash_attention(program: Program, block: int = 128) -> list[Rewrite]:
     """`softmax(scale · q kᵀ [masked]) v` in any relabelled layout -> `flash_attention`."""
     best: dict[int, tuple[int, Rewrite]] = {}
+    causal_memo: dict[int, bool] = {}
     for node in program.nodes():
         d2, top = _descend(node, (*_MOVES, "convert_element_type"))
         if d2.op != "dot_general":
             continue
         try:
-            found = _match_attention(d2, block)
+            found = _match_attention(d2, block, causal_memo)
         except ShapeError:
             found = None
         if found is None:
@@ -443,7 +452,7 @@ def find_flash_attention(program: Program, block: int = 128) -> list[Rewrite]:
     return [rw for _, rw in best.values()]
 
 
-def _match_attention(d2: Node, block: int):
+def _match_attention(d2: Node, block: int, causal_memo: dict[int, bool]):
     for p_side in (0, 1):
         p, v_side = d2.args[p_side], d2.args[1 - p_side]
         p, _ = _descend(p, ("convert_element_type",))
@@ -524,7 +533,7 @@ def _match_attention(d2: Node, block: int):
         if mask is not None:
             if mask.shape != mask_labels_node.shape:
                 return None
-            if _causal(mask) and mask_l[-2:] == ("t", "s"):
+            if _causal(mask, causal_memo) and mask_l[-2:] == ("t", "s"):
                 causal = True
             else:
                 m4 = _mask_bhts(mask, mask_l)

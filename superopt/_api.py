@@ -33,6 +33,11 @@ from ._search import Candidate, SearchResult, search
 from ._trace import ArgSpec, Traced, trace
 from .ir import Program
 
+# Verification of a candidate runs the user's inputs and at least one random input set,
+# then more random sets (three in all) only while it has spent less than this: a program
+# that takes half a second a call is not run a dozen times to optimize it.
+VERIFY_BUDGET_S = 2.0
+
 _NOT_CALLABLE_MSG = (
     "superopt.optimize needs a function to optimize, got {kind} {value!r}. Pass the function "
     "itself, then its example arguments: `superopt.optimize(f, x, w)`."
@@ -340,7 +345,13 @@ def _build(
     if verify:
         start = time.perf_counter()
         try:
-            verdict = _verify.verify(fn, call, *example_args, static_argnums=static_argnums)
+            verdict = _verify.verify(
+                fn,
+                call,
+                *example_args,
+                static_argnums=static_argnums,
+                time_budget_s=VERIFY_BUDGET_S,
+            )
         except Exception as err:
             failures.append(f"verifying candidate {cand.label!r} raised "
                             f"{type(err).__name__}: {err}")  # fmt: skip

@@ -9,6 +9,7 @@ user that fails this check.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -311,6 +312,7 @@ def verify(
     rtol: float | None = None,
     atol: float | None = None,
     static_argnums: int | Sequence[int] = (),
+    time_budget_s: float | None = None,
 ) -> Verdict:
     """Check that `candidate` computes what `reference` computes.
 
@@ -337,6 +339,9 @@ def verify(
         reference's largest magnitude per output leaf.
     - `static_argnums`: positions of arguments passed through unchanged (and static
         under `jax.jit`).
+    - `time_budget_s`: for programs slow to run: once this many seconds have gone into
+        checks, the remaining random input sets are skipped, but the user's inputs and
+        at least one random set are always checked. `None` checks every set.
 
     **Returns:**
 
@@ -359,6 +364,7 @@ def verify(
         input_sets.append((f"random inputs #{k + 1}", _rebuild(args, static_argnums, drawn, tree)))
 
     checks: list[Check] = []
+    start = time.perf_counter()
     # On GPU and TPU, float32 matmuls default to reduced-precision passes (TF32, bf16), whose
     # rounding would swamp the float32 tolerance and fail sound regroupings; equivalence is
     # judged at full precision. Dots with an explicit precision keep theirs.
@@ -368,6 +374,9 @@ def verify(
             checks.append(check)
             if not check.ok:
                 # The first failure is the answer; more input sets would only cost time.
+                break
+            spent = time.perf_counter() - start
+            if time_budget_s is not None and len(checks) >= 2 and spent > time_budget_s:
                 break
 
     failed = [c for c in checks if not c.ok]

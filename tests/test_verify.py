@@ -281,3 +281,11 @@ def test_matmuls_are_compared_at_highest_precision():
 
     superopt.verify(ref, lambda x: x @ x, np.eye(3, dtype=np.float32), num_random=0)
     assert seen and all(p == "highest" for p in seen)
+
+
+def test_time_budget_skips_random_sets_but_keeps_user_inputs_and_one_random():
+    a = np.ones((8, 8), np.float32)
+    quick = superopt.verify(lambda x: x @ x, lambda x: x @ x, a, num_random=3, time_budget_s=0.0)
+    assert quick and [c.inputs for c in quick.checks] == ["user inputs", "random inputs #1"]
+    full = superopt.verify(lambda x: x @ x, lambda x: x @ x, a, num_random=3)
+    assert len(full.checks) == 4
