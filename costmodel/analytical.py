@@ -259,6 +259,10 @@ class AnalyticalCostModel(AbstractCostModel):
             + self.coef[4] * (np.asarray(node_opcode) == _DOT)
         )
 
+    def scaled(self, factor: float) -> AnalyticalCostModel:
+        """A copy whose predictions are `factor` times this one's."""
+        return AnalyticalCostModel(self.calibration, np.asarray(self.coef) * factor)
+
     def fit(self, graphs: Sequence[GraphArrays], runtime_s: np.ndarray) -> AnalyticalCostModel:
         """A copy with coefficients fitted (non-negative least squares on relative error)."""
         from scipy.optimize import nnls

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float, Int
 
-from superopt.ir import Node, Params, Program, get_op, node_cost
+from superopt.ir import Cost, Node, Params, Program, get_op, node_cost
 
 # The opcode vocabulary. Append only: an id is an index into this list, and shipped
 # weights depend on it. Id 0 stands for any op outside the list (and for `opaque`).
@@ -76,6 +76,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_num_tiles",
     "is_output",
     "num_users",
+    "log_tile_bytes",
+    "log_step_flops",
+    "log_step_bytes",
+    "tail_fraction",
 )
 NUM_FEATURES = len(FEATURE_NAMES)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -90,6 +94,8 @@ CONFIG_NAMES: tuple[str, ...] = (
     "log_total_transcendentals",
     "num_dots",
     "num_opaque",
+    "log_max_steps",
+    "log_max_tile_bytes",
 )
 NUM_CONFIG = len(CONFIG_NAMES)
 NO_XLA_COST = np.full(3, np.nan, np.float32)
@@ -226,12 +232,11 @@ def _raw_row(node: Node) -> list[float]:
     row[_dtype_col(node.dtype)] = 1.0
     try:
         cost = node_cost(node)
-        flops, trans, br, bw = cost.flops, cost.transcendentals, cost.bytes_read, cost.bytes_written
     except Exception:
         # An op outside the registry (or a cost rule that cannot read a placeholder)
         # is costed as pure data movement.
-        flops, trans = 0.0, 0.0
-        br, bw = float(sum(a.nbytes for a in node.args)), float(node.nbytes)
+        cost = Cost(0.0, 0.0, float(sum(a.nbytes for a in node.args)), float(node.nbytes))
+    flops, trans, br, bw = cost.flops, cost.transcendentals, cost.bytes_read, cost.bytes_written
     row[_COL["log_flops"]] = _log(flops)
     row[_COL["log_transcendentals"]] = _log(trans)
     row[_COL["log_bytes_read"]] = _log(br)
@@ -252,9 +257,18 @@ def _raw_row(node: Node) -> list[float]:
     tiles = _tiles(node.params) if node.params else []
     if tiles:
         row[_COL["log_tile0"]] = _log(tiles[0])
-        row[_COL["log_num_tiles"]] = _log(max(max_operand, 1) / tiles[0])
     if len(tiles) > 1:
         row[_COL["log_tile1"]] = _log(tiles[1])
+    # How a tiled loop runs: its trip count, the bytes one step keeps in flight, the work
+    # and traffic of one step, and its partial last tile (a loop's time is about steps x the time of a step, and
+    # a step of a long-query attention looks like a step of a short-query one with a
+    # larger tile: per-step numbers carry over between shape regimes).
+    row[_COL["log_num_tiles"]] = _log(cost.steps - 1.0)
+    row[_COL["log_tile_bytes"]] = _log(cost.tile_bytes)
+    steps = max(cost.steps, 1.0)
+    row[_COL["log_step_flops"]] = _log(flops / steps)
+    row[_COL["log_step_bytes"]] = _log((br + bw) / steps)
+    row[_COL["tail_fraction"]] = cost.tail
     return row
 
 
@@ -322,16 +336,16 @@ def featurize_program(program: Program, xla_cost: np.ndarray | None = None) -> G
 
 
 def config_features(program: Program, nodes: list[Node] | None = None) -> np.ndarray:
-    """Whole-program features: the tile sizes used, node count and total work."""
+    """Whole-program features: the tile sizes used, node count, total work, and the
+    longest tiled loop and largest tile working set."""
     nodes = program.nodes() if nodes is None else nodes
     tiles: list[int] = []
-    flops = trans = nbytes = 0.0
+    total = Cost()
     dots = opaque = 0
     for n in nodes:
         tiles.extend(_tiles(n.params))
         try:
-            c = node_cost(n)
-            flops, trans, nbytes = flops + c.flops, trans + c.transcendentals, nbytes + c.bytes
+            total = total + node_cost(n)
         except Exception:
             pass
         dots += n.op == "dot_general"
@@ -342,11 +356,13 @@ def config_features(program: Program, nodes: list[Node] | None = None) -> np.nda
             _log(tiles[0]),
             _log(tiles[1]),
             _log(len(nodes)),
-            _log(flops),
-            _log(nbytes),
-            _log(trans),
+            _log(total.flops),
+            _log(total.bytes),
+            _log(total.transcendentals),
             float(dots),
             float(opaque),
+            _log(total.steps - 1.0),
+            _log(total.tile_bytes),
         ],
         np.float32,
     )

@@ -7,7 +7,9 @@ scores e-nodes during extraction); GraphSAGE-style message passing over `edge_in
 whole-graph correction. With a base model (the fitted analytical roofline), the network
 learns what the base misses: the prediction is
 `log(base + sum_i exp(node_log_i)) + correction`, in log seconds; without one,
-`log(sum_i exp(node_log_i)) + correction`.
+`log(sum_i exp(node_log_i)) + correction`. A tiled loop's share is its trip count times a
+learned step time (`encode`), and training can fit the additive part on its own too
+(`TrainConfig.additive_weight`), so that what extraction sums carries what the model knows.
 
 Graphs are batched by concatenation into one padded graph whose node and edge counts are
 rounded up to a power of two, so each bucket compiles once.
@@ -28,6 +30,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from superopt.ir import Node
 
 from .features import (
+    FEATURE_INDEX,
     NUM_CONFIG,
     NUM_FEATURES,
     NUM_OPCODES,
@@ -35,6 +38,8 @@ from .features import (
     NodeSignature,
     featurize_signatures,
 )
+
+_STEPS_COL = FEATURE_INDEX["log_num_tiles"]
 
 
 class AbstractCostModel(eqx.Module):
@@ -187,6 +192,10 @@ class GraphModel(eqx.Module):
     - `embed_dim`: opcode embedding size.
     - `num_layers`: message-passing layers.
     - `key`: a PRNG key.
+    - `correction`: whether message passing and pooling add a whole-graph correction
+      (`False`: a graph's time is the base plus its nodes' shares).
+    - `steps_scale`: the training std of the `log_num_tiles` feature (so that the
+      normalized column times it is log(steps)); `0` leaves loops to the network alone.
     """
 
     embed: eqx.nn.Embedding
@@ -194,9 +203,18 @@ class GraphModel(eqx.Module):
     node_head: eqx.nn.Linear
     layers: tuple[_SAGELayer, ...]
     head: eqx.nn.MLP
+    steps_scale: Float[Array, ""]
+    correction: bool = eqx.field(static=True, default=True)
 
     def __init__(
-        self, width: int = 64, embed_dim: int = 16, num_layers: int = 3, *, key: PRNGKeyArray
+        self,
+        width: int = 64,
+        embed_dim: int = 16,
+        num_layers: int = 3,
+        *,
+        key: PRNGKeyArray,
+        steps_scale: float = 0.0,
+        correction: bool = True,
     ):
         k_embed, k_mlp, k_node, k_head, *k_layers = jax.random.split(key, 4 + num_layers)
         self.embed = eqx.nn.Embedding(NUM_OPCODES, embed_dim, key=k_embed)
@@ -210,17 +228,36 @@ class GraphModel(eqx.Module):
         self.head = eqx.nn.MLP(
             2 * width + NUM_CONFIG, "scalar", width, 2, activation=jax.nn.gelu, key=k_head
         )
+        self.steps_scale = jnp.asarray(steps_scale, jnp.float32)
+        self.correction = correction
 
     def encode(
         self, node_opcode: Int[Array, " n"], node_feat: Float[Array, "n feat"]
     ) -> tuple[Float[Array, "n w"], Float[Array, " n"]]:
-        """Node embeddings and each node's own log-seconds share."""
+        """Node embeddings and each node's own log-seconds share.
+
+        A tiled loop's share is `log(steps)` plus what the network predicts for one step:
+        its time is the trip count times the time of a step, so the network learns step
+        times, which carry over between shape regimes (a short-query attention runs many
+        cheap steps; training may only have seen fewer, dearer ones).
+        """
         x = jnp.concatenate([jax.vmap(self.embed)(node_opcode), node_feat], axis=-1)
         h = jax.vmap(self.node_mlp)(x)
-        return h, jax.vmap(self.node_head)(h)
+        # The normalized log-steps column times its training std is log(steps) up to a
+        # constant (which the head's bias absorbs).
+        log_steps = jax.lax.stop_gradient(self.steps_scale) * node_feat[:, _STEPS_COL]
+        return h, jax.vmap(self.node_head)(h) + log_steps
 
     def __call__(self, batch: Batch) -> tuple[Float[Array, " graphs"], Float[Array, " nodes"]]:
         """`(log seconds of each graph, log seconds of each node's share)`."""
+        total, _, node_log = self.parts(batch)
+        return total, node_log
+
+    def parts(
+        self, batch: Batch
+    ) -> tuple[Float[Array, " graphs"], Float[Array, " graphs"], Float[Array, " nodes"]]:
+        """`(log seconds of each graph, its additive part alone (the base plus the node
+        shares: what extraction sums), log seconds of each node's share)`."""
         b = batch.num_graphs
         h, node_log = self.encode(batch.node_opcode, batch.node_feat)
         seg = batch.node_graph
@@ -230,6 +267,8 @@ class GraphModel(eqx.Module):
         total = jax.ops.segment_sum(jnp.exp(masked - peak[seg]) * batch.node_mask, seg, b + 1)
         additive = (peak + jnp.log(jnp.maximum(total, 1e-30)))[:b]
         additive = jnp.logaddexp(additive, batch.base_log)
+        if not self.correction:
+            return additive, additive, node_log
         for layer in self.layers:
             h = layer(h, batch)
         mask = batch.node_mask[:, None]
@@ -238,7 +277,7 @@ class GraphModel(eqx.Module):
         pooled_max = jnp.where(pooled_max > -1e29, pooled_max, 0.0)
         count = jnp.maximum(jax.ops.segment_sum(batch.node_mask, seg, b + 1)[:b], 1.0)
         pooled = jnp.concatenate([pooled_sum / count[:, None], pooled_max, batch.config], -1)
-        return additive + jax.vmap(self.head)(pooled), node_log
+        return additive + jax.vmap(self.head)(pooled), additive, node_log
 
 
 @eqx.filter_jit

@@ -334,8 +334,19 @@ def collect(
     export: Annotated[
         Path | None, typer.Option(help="Also export the store to this .npz dataset.")
     ] = None,
+    refeaturize: Annotated[
+        bool,
+        typer.Option(
+            help="Export with features recomputed by this version (the times are kept; "
+            "variants that no longer rebuild to the stored graph are left out)."
+        ),
+    ] = False,
 ) -> None:
-    """Measure programs and their variants into a resumable store (the cost-model corpus)."""
+    """Measure programs and their variants into a resumable store (the cost-model corpus).
+
+    `--time-limit 0 --export out.npz --refeaturize` re-exports a store after a change to
+    the features without measuring anything.
+    """
     from . import _corpus
 
     with _clean_errors():
@@ -354,8 +365,10 @@ def collect(
         )
         typer.echo(str(stats))
         if export is not None:
-            dataset = _corpus.export(db, export)
-            typer.echo(f"exported {dataset.summary()} to {export}")
+            dataset = _corpus.export(db, export, refeaturize=refeaturize)
+            dropped = dataset.meta.get("refeaturize_dropped")
+            note = f" ({dropped} variants no longer rebuild and were left out)" if dropped else ""
+            typer.echo(f"exported {dataset.summary()} to {export}{note}")
 
 
 @app.command()

@@ -342,8 +342,22 @@ def _measure_program(
     return rows
 
 
-def export(db_path: str | Path, out: str | Path | None = None) -> Dataset:
-    """The stored variants as a `costmodel.dataset.Dataset` (written to `out` if given)."""
+def export(
+    db_path: str | Path, out: str | Path | None = None, *, refeaturize: bool = False
+) -> Dataset:
+    """The stored variants as a `costmodel.dataset.Dataset` (written to `out` if given).
+
+    **Arguments:**
+
+    - `db_path`: the SQLite store `collect` wrote.
+    - `out`: where to write the `.npz` (nothing is written if `None`).
+    - `refeaturize`: recompute every variant's features with the current
+      `costmodel.features` instead of using the stored ones, keeping the measured times
+      (after a change to the features, without measuring again). Each program's variants
+      are rebuilt from its family and seed; a variant whose rebuilt graph differs from the
+      stored one (its opcodes or edges), or that is no longer built, is left out, and
+      `meta["refeaturize_dropped"]` counts those. The store itself is not modified.
+    """
     from costmodel.features import NUM_CONFIG, NUM_FEATURES
 
     con = _connect(db_path)
@@ -352,20 +366,61 @@ def export(db_path: str | Path, out: str | Path | None = None) -> Dataset:
         "edge_index, config_feat, xla_cost, median_s, spread, backend, device_kind, versions "
         "FROM variants ORDER BY program_id, variant_id"
     ).fetchall()
+    seeds = dict(con.execute("SELECT program_id, seed FROM programs"))
     con.close()
     records = []
     meta: dict[str, Any] = {}
+    rebuilt: dict[str, dict[str, Variant]] = {}
+    dropped = 0
     for pid, vid, fam, tg, op, nf, ei, cf, xc, med, spread, backend, kind, versions in rows:
-        graph = GraphArrays(
-            np.frombuffer(op, np.int32),
-            np.frombuffer(nf, np.float32).reshape(-1, NUM_FEATURES),
-            np.frombuffer(ei, np.int32).reshape(-1, 2),
-            np.frombuffer(cf, np.float32).reshape(NUM_CONFIG),
-            np.frombuffer(xc, np.float32).reshape(3),
+        graph = (
+            GraphArrays(
+                np.frombuffer(op, np.int32),
+                np.frombuffer(nf, np.float32).reshape(-1, NUM_FEATURES),
+                np.frombuffer(ei, np.int32).reshape(-1, 2),
+                np.frombuffer(cf, np.float32).reshape(NUM_CONFIG),
+                np.frombuffer(xc, np.float32).reshape(3),
+            )
+            if not refeaturize
+            else _refeaturized(rebuilt, pid, fam, seeds, vid, op, ei, xc)
         )
+        if graph is None:
+            dropped += 1
+            continue
         records.append(Record(fam, pid, vid, graph, float(med), float(spread), tg))
         meta = {"backend": backend, "device_kind": kind, "versions": json.loads(versions)}
+    if refeaturize:
+        meta["refeaturize_dropped"] = dropped
     dataset = Dataset.from_records(records, meta)
     if out is not None:
         dataset.save(out)
     return dataset
+
+
+def _refeaturized(
+    rebuilt: dict[str, dict[str, Variant]],
+    program_id: str,
+    family: str,
+    seeds: dict[str, int],
+    variant_id: str,
+    opcode_blob: bytes,
+    edge_blob: bytes,
+    xla_blob: bytes,
+) -> GraphArrays | None:
+    """A stored variant's graph with freshly computed features, or `None` if its program
+    no longer rebuilds to the stored graph."""
+    if program_id not in rebuilt:
+        variants: dict[str, Variant] = {}
+        if family in FAMILIES and program_id in seeds:
+            spec = FAMILIES[family](np.random.default_rng(seeds[program_id]))
+            variants = {v.variant_id: v for v in program_variants(spec, program_id)}
+        rebuilt.clear()  # programs come in order: keep one at a time
+        rebuilt[program_id] = variants
+    variant = rebuilt[program_id].get(variant_id)
+    if variant is None:
+        return None
+    graph = featurize_program(variant.program, np.frombuffer(xla_blob, np.float32))
+    same = np.array_equal(graph.node_opcode, np.frombuffer(opcode_blob, np.int32)) and (
+        np.array_equal(graph.edge_index, np.frombuffer(edge_blob, np.int32).reshape(-1, 2))
+    )
+    return graph if same else None

@@ -109,16 +109,24 @@ def _tiles(
     return tuple(sorted({fit[0], fit[-1], *(int(c) for c in inner)}))
 
 
-_BLOCKS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048)
+_BLOCKS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 3072, 4096)
 _CHUNKS = (128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 16384, 32768)
 
 
-def _attention_spec(rng: np.random.Generator, causal: bool, cross: bool) -> Spec:
+def _attention_spec(
+    rng: np.random.Generator, causal: bool, cross: bool, long: bool = False
+) -> Spec:
     d = _pick(rng, [32, 64])
-    s = _pick(rng, [512, 1024, 2048]) if cross else _pick(rng, [256, 512, 1024])
-    t = _pick(rng, [64, 128, 256]) if cross else s
-    # The naive forms cost b·h·t·s·d: keep a call under ~30 ms on one core.
-    b, h = (1, 2) if t * s >= 1 << 20 else (_pick(rng, [1, 2]), _pick(rng, [2, 4]))
+    if long:
+        # Long sequences, where the [T, S] scores no longer fit any cache: one sequence,
+        # few heads (a naive call takes 0.1-0.5 s).
+        s = t = _pick(rng, [2048, 3072, 4096])
+        b, h = 1, _pick(rng, [1, 2, 4])
+    else:
+        s = _pick(rng, [512, 1024, 2048]) if cross else _pick(rng, [256, 512, 1024])
+        t = _pick(rng, [64, 128, 256]) if cross else s
+        # The naive forms cost b·h·t·s·d: keep a call under ~30 ms on one core.
+        b, h = (1, 2) if t * s >= 1 << 20 else (_pick(rng, [1, 2]), _pick(rng, [2, 4]))
     q = _arr(rng, (b, t, h, d))
     k, v = _arr(rng, (b, s, h, d)), _arr(rng, (b, s, h, d))
     scale = 1.0 / float(np.sqrt(d))
@@ -149,6 +157,10 @@ def _causal_attention(rng: np.random.Generator) -> Spec:
 
 def _cross_attention(rng: np.random.Generator) -> Spec:
     return _attention_spec(rng, causal=False, cross=True)
+
+
+def _long_attention(rng: np.random.Generator) -> Spec:
+    return _attention_spec(rng, causal=bool(rng.random() < 0.5), cross=False, long=True)
 
 
 def _transformer(rng: np.random.Generator) -> Spec:
@@ -185,9 +197,14 @@ def _transformer(rng: np.random.Generator) -> Spec:
     )
 
 
-def _xent_spec(rng: np.random.Generator, bias: bool) -> Spec:
+def _xent_spec(rng: np.random.Generator, bias: bool, pow2: bool = False) -> Spec:
     n, d = _pick(rng, [64, 128, 256, 512]), _pick(rng, [64, 128, 256])
-    vocab = _pick(rng, [4096, 8192, 16384, 32000, 50257])
+    if pow2:
+        # Vocabularies that are powers of two, where the large chunks divide the
+        # vocabulary (no partial last chunk): 32768 and 65536 are common in language models.
+        vocab = _pick(rng, [32768, 65536])
+    else:
+        vocab = _pick(rng, [4096, 8192, 16384, 32000, 50257])
     h, w = _arr(rng, (n, d)), _arr(rng, (d, vocab))
     bb = _arr(rng, (vocab,))
     labels = rng.integers(0, vocab, n).astype(np.int32)
@@ -230,6 +247,10 @@ def _xent(rng: np.random.Generator) -> Spec:
 
 def _xent_bias(rng: np.random.Generator) -> Spec:
     return _xent_spec(rng, bias=True)
+
+
+def _xent_pow2(rng: np.random.Generator) -> Spec:
+    return _xent_spec(rng, bias=False, pow2=True)
 
 
 def _matrix_chain(rng: np.random.Generator) -> Spec:
@@ -426,4 +447,6 @@ FAMILIES: dict[str, Callable[[np.random.Generator], Spec]] = {
     # Appended, not inserted: a program's id and seed depend on its family's position.
     "chain5": _chain5,
     "shared_operand": _shared_operand,
+    "long_attention": _long_attention,
+    "xent_pow2": _xent_pow2,
 }

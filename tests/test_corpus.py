@@ -110,3 +110,23 @@ def test_collect_stores_resumes_and_exports(tmp_path):
     assert loaded.content_hash() == dataset.content_hash()
     g = loaded.graph(0)
     assert g.node_feat.shape[0] == g.node_opcode.shape[0] > 0
+
+
+def test_refeaturized_export_keeps_times_and_drops_what_no_longer_rebuilds(tmp_path):
+    db = tmp_path / "store.sqlite"
+    collect(db, programs_per_family=1, families=["reduction"], budget_s=0.01, progress=False)
+    stored = export(db)
+    again = export(db, refeaturize=True)
+    assert again.meta["refeaturize_dropped"] == 0 and len(again) == len(stored)
+    # The features are recomputed with today's code (here: the same) and the times kept.
+    assert np.array_equal(again.node_feat, stored.node_feat)
+    assert np.array_equal(again.runtime_s, stored.runtime_s)
+    # A stored graph its program no longer rebuilds to is left out, and counted.
+    con = sqlite3.connect(db)
+    con.execute("UPDATE variants SET edge_index = ? WHERE variant_id = 'ref'",
+                (np.zeros((1, 2), np.int32).tobytes(),))  # fmt: skip
+    con.commit()
+    con.close()
+    changed = export(db, refeaturize=True)
+    assert changed.meta["refeaturize_dropped"] == 1 and len(changed) == len(stored) - 1
+    assert "ref" not in changed.variant_id.tolist()

@@ -73,10 +73,18 @@ def test_tile_parameters_are_features():
     ]
     col = FEATURE_NAMES.index("log_tile0")
     assert np.allclose(rows[:, col], np.log1p([256, 1024]))
-    assert (
-        rows[0, FEATURE_NAMES.index("log_num_tiles")]
-        > rows[1, FEATURE_NAMES.index("log_num_tiles")]
-    )
+    # The loop's trip count (4096 / 256 = 16 steps, then 4), the bytes a step keeps in
+    # flight (64 rows x chunk float32 logits) and the work of one step.
+    assert np.allclose(rows[:, FEATURE_NAMES.index("log_num_tiles")], np.log1p([15, 3]))
+    assert np.allclose(rows[:, FEATURE_NAMES.index("log_tile_bytes")], np.log1p([65536, 262144]))
+    step_flops = rows[:, FEATURE_NAMES.index("log_step_flops")]
+    assert step_flops[1] > step_flops[0]
+
+
+def test_untiled_ops_have_one_step_and_no_tile():
+    rows = featurize_program(_program()).node_feat
+    for name in ("log_num_tiles", "log_tile_bytes", "log_tile0"):
+        assert (rows[:, FEATURE_NAMES.index(name)] == 0).all()
 
 
 def test_signature_rows_match_node_rows():

@@ -166,3 +166,28 @@ def test_ensemble_averages_members_in_log_space_and_round_trips(tiny_dataset, tm
         loaded.score_nodes(g.node_opcode, g.node_feat),
         model.score_nodes(g.node_opcode, g.node_feat),
     )
+
+
+def test_loop_prior_adds_log_trip_count_to_a_nodes_share():
+    import equinox as eqx
+
+    from costmodel.features import FEATURE_INDEX
+
+    net = GraphModel(8, 4, 1, key=jax.random.PRNGKey(0), steps_scale=2.0)
+    without = eqx.tree_at(lambda m: m.steps_scale, net, jnp.asarray(0.0))
+    opcodes = jnp.zeros(2, jnp.int32)
+    feat = jnp.zeros((2, NUM_FEATURES)).at[1, FEATURE_INDEX["log_num_tiles"]].set(1.5)
+    _, with_prior = net.encode(opcodes, feat)
+    _, plain = without.encode(opcodes, feat)
+    # Normalized log-steps times its std: log(steps) on top of what the network predicts.
+    assert np.allclose(with_prior - plain, [0.0, 3.0], atol=1e-6)
+
+
+def test_without_correction_a_graph_is_its_base_plus_node_shares(tiny_dataset):
+    net = GraphModel(8, 4, 1, key=jax.random.PRNGKey(0), correction=False)
+    batch = pack(tiny_dataset.graphs(range(3)), 4)
+    total, additive, node_log = net.parts(batch)
+    assert np.allclose(total, additive)
+    shares = np.exp(np.asarray(node_log)) * np.asarray(batch.node_mask)
+    per_graph = np.bincount(np.asarray(batch.node_graph), shares, minlength=5)[:4]
+    assert np.allclose(np.exp(np.asarray(additive)), per_graph, rtol=1e-4)

@@ -203,7 +203,15 @@ def _xent_cost(node: Node) -> Cost:
     # h and the three running [N] accumulators are re-read every step; w is read once.
     read = h.nbytes * steps + w.nbytes + node.args[2].nbytes + 12.0 * n * steps
     read += sum(a.nbytes for a in node.args[3:])
-    return Cost(flops, float(n * vocab + n), read + spill / 2, node.nbytes + spill / 2)
+    return Cost(
+        flops,
+        float(n * vocab + n),
+        read + spill / 2,
+        node.nbytes + spill / 2,
+        steps,
+        tile_bytes,
+        (vocab % chunk) / chunk,
+    )
 
 
 def _render(name: str):
@@ -411,7 +419,8 @@ def _attn_cost(node: Node) -> Cost:
     acc = 4.0 * b * t * h * (e + 2)
     read = q.nbytes * steps + k.nbytes + v.nbytes + acc * steps
     read += sum(a.nbytes for a in node.args[3:])
-    return Cost(flops, scores, read + spill / 2, node.nbytes + acc * steps + spill / 2)
+    write = node.nbytes + acc * steps + spill / 2
+    return Cost(flops, scores, read + spill / 2, write, steps, tile_bytes, (s % block) / block)
 
 
 register_op(

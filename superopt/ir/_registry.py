@@ -23,12 +23,23 @@ Render = Callable[[Sequence[str], Params], str]
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    """Work done by an op: floating-point operations, transcendental calls and bytes."""
+    """Work done by an op: floating-point operations, transcendental calls and bytes.
+
+    A tiled op (a fused loop) also says how it is tiled: `steps`, the loop's trip count
+    (the partial last tile included), `tail`, the size of that partial tile as a fraction
+    of a full one (`0` when the tile divides the loop's extent; the tail is a separate
+    piece of code), and `tile_bytes`, the bytes of the intermediate one step produces and
+    consumes (what must stay in fast memory for the tiling to pay). Untiled ops have one
+    step, no tail and no tile bytes.
+    """
 
     flops: float = 0.0
     transcendentals: float = 0.0
     bytes_read: float = 0.0
     bytes_written: float = 0.0
+    steps: float = 1.0
+    tile_bytes: float = 0.0
+    tail: float = 0.0
 
     @property
     def bytes(self) -> float:
@@ -40,6 +51,9 @@ class Cost:
             self.transcendentals + other.transcendentals,
             self.bytes_read + other.bytes_read,
             self.bytes_written + other.bytes_written,
+            max(self.steps, other.steps),
+            max(self.tile_bytes, other.tile_bytes),
+            max(self.tail, other.tail),
         )
 
 
