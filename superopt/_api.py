@@ -34,8 +34,8 @@ from ._trace import ArgSpec, Traced, trace
 from .ir import Program
 
 # Verification of a candidate runs the user's inputs and at least one random input set,
-# then more random sets (three in all) only while it has spent less than this: a program
-# that takes half a second a call is not run a dozen times to optimize it.
+# then the other random sets (three in all) only while it has spent less than this: a
+# program that takes half a second a call is not run a dozen times to optimize it.
 VERIFY_BUDGET_S = 2.0
 
 _NOT_CALLABLE_MSG = (

@@ -373,17 +373,16 @@ def export(
     rebuilt: dict[str, dict[str, Variant]] = {}
     dropped = 0
     for pid, vid, fam, tg, op, nf, ei, cf, xc, med, spread, backend, kind, versions in rows:
-        graph = (
-            GraphArrays(
+        if refeaturize:
+            graph = _refeaturized(rebuilt, pid, fam, seeds, vid, op, ei, xc)
+        else:
+            graph = GraphArrays(
                 np.frombuffer(op, np.int32),
                 np.frombuffer(nf, np.float32).reshape(-1, NUM_FEATURES),
                 np.frombuffer(ei, np.int32).reshape(-1, 2),
                 np.frombuffer(cf, np.float32).reshape(NUM_CONFIG),
                 np.frombuffer(xc, np.float32).reshape(3),
             )
-            if not refeaturize
-            else _refeaturized(rebuilt, pid, fam, seeds, vid, op, ei, xc)
-        )
         if graph is None:
             dropped += 1
             continue
