@@ -413,3 +413,24 @@ def alternatives(
             if key not in results:
                 results[key] = (ex.dag_cost(choice), alt, choice)
     return sorted(results.values(), key=lambda r: r[0])[:limit]
+
+
+def rerank(
+    found: Sequence[tuple[float, Program, dict[str, ENode]]], cost_model: NodeCostModel
+) -> list[tuple[float, Program, dict[str, ENode]]]:
+    """`found` ordered by a whole-program model's predicted seconds, if `cost_model` wraps
+    one (a `costmodel` model); otherwise unchanged.
+
+    Extraction sums per-e-node costs; a whole-program model also sees how the nodes sit
+    together (what runs in a loop, what XLA fuses), so it re-scores the extracted
+    candidates as wholes. The cost of each candidate becomes its predicted seconds.
+    """
+    if not isinstance(cost_model, CostModelNodes) or len(found) < 2:
+        return list(found)
+    from costmodel.features import featurize_program
+
+    seconds = np.asarray(
+        cost_model.model.score_programs([featurize_program(p) for _, p, _ in found]), float
+    )
+    order = np.argsort(seconds, kind="stable")
+    return [(float(seconds[i]), found[i][1], found[i][2]) for i in order]

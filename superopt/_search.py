@@ -22,7 +22,14 @@ from typing import Any
 from egglog import EGraph, Ruleset, back_off, run
 
 from ._errors import SearchError
-from ._extract import Extraction, alternatives, extract
+from ._extract import (
+    CostModelNodes,
+    Extraction,
+    alternatives,
+    extract,
+    rerank,
+    resolve_cost_model,
+)
 from .ir import Node, Params, Program, toposort
 from .ir._egraph import MATMUL, RANK_ANALYSIS, VECMAT, EGraphView, ENode, encode, let_name, rank
 
@@ -594,6 +601,11 @@ def _fusion_facts(program: Program, selection: RuleSelection) -> list[Any]:
     return found
 
 
+# How many extracted candidates a whole-program model re-scores (enough for every tile
+# size of a fused op, one site at a time).
+RERANK_POOL = 32
+
+
 def search(
     program: Program,
     *,
@@ -615,7 +627,10 @@ def search(
     - `cost_model`: `None`/`"flops"` (registry FLOPs and bytes), `"learned"`,
       `"analytical"`, a `costmodel.AbstractCostModel`, or an object with
       `score_nodes(signatures) -> seconds` (see `superopt._extract.NodeCostModel`).
-    - `top_k`: how many distinct candidates to return at most.
+    - `top_k`: how many distinct candidates to return at most. With a `costmodel` model
+      (`"learned"`, `"analytical"` or a model object), `RERANK_POOL` candidates are
+      extracted by their summed e-node costs and re-scored by the model as whole
+      programs; the best `top_k` of them are returned.
 
     **Returns:** a `SearchResult`; the reference is always among the candidates.
     """
@@ -641,8 +656,11 @@ def search(
         for name, n in egg_matches.items():
             matches[name] = matches.get(name, 0) + n
         view = EGraphView.of(egraph)
-        ex: Extraction = extract(view, cost_model)
-        found = alternatives(ex, program, max(1, top_k))
+        node_model = resolve_cost_model(cost_model)
+        ex: Extraction = extract(view, node_model)
+        # A whole-program model re-scores a larger pool of extracted candidates.
+        pool = max(1, top_k, RERANK_POOL if isinstance(node_model, CostModelNodes) else 0)
+        found = rerank(alternatives(ex, program, pool), node_model)[: max(1, top_k)]
     except SearchError:
         raise
     except Exception as err:

@@ -123,3 +123,31 @@ def test_rule_selection_errors_and_families():
         assert "no_such_rule" in str(err)
     else:
         raise AssertionError("an unknown rule name must raise")
+
+
+def test_a_whole_program_model_reranks_the_extracted_candidates():
+
+    from costmodel.analytical import AnalyticalCostModel
+    from costmodel.features import FEATURE_INDEX
+
+    class PrefersChunk2048(AnalyticalCostModel):
+        """Per-node costs of the roofline, but whole programs scored by their chunk:
+        2048 best, the farther from it the slower."""
+
+        def score_programs(self, graphs):
+            col = FEATURE_INDEX["log_tile0"]
+            chunks = [np.expm1(g.node_feat[:, col].max()) for g in graphs]
+            return np.asarray([1.0 + abs(np.log2(max(c, 1.0) / 2048.0)) for c in chunks])
+
+    h, w = np.ones((64, 32), np.float32), np.ones((32, 8192), np.float32)
+    labels = np.zeros(64, np.int32)
+
+    def loss(h, w, labels):
+        logits = h @ w
+        return jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], 1)[:, 0]
+
+    program = superopt.trace(loss, h, w, labels).program
+    model = PrefersChunk2048()
+    best = search(program, cost_model=model).candidates[0]
+    chunks = [n.params["chunk"] for n in best.program.nodes() if n.op == "chunked_xent"]
+    assert chunks == [2048] and abs(best.predicted_s - 1.0) < 1e-5
