@@ -424,6 +424,8 @@ def rerank(
     Extraction sums per-e-node costs; a whole-program model also sees how the nodes sit
     together (what runs in a loop, what XLA fuses), so it re-scores the extracted
     candidates as wholes. The cost of each candidate becomes its predicted seconds.
+    Candidates are not compiled here, so the roofline inside the model estimates bytes
+    from the graph instead of asking XLA (`predict_runtime` asks, and can differ).
     """
     if not isinstance(cost_model, CostModelNodes) or len(found) < 2:
         return list(found)
