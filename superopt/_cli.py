@@ -327,7 +327,7 @@ def collect(
         list[str] | None, typer.Option("--family", "-f", help="Only these families.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the program generator.")] = 0,
-    budget: Annotated[float, typer.Option(help="Seconds of timed rounds per group.")] = 0.3,
+    budget: Annotated[float, typer.Option(help="Seconds of timed rounds per group.")] = 1.0,
     time_limit: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (resume later).")
     ] = None,

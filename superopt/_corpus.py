@@ -6,8 +6,8 @@ hand-written rewrites of the kind the e-graph finds, the e-graph's own variants
 (`superopt.variants`), and tile-size variants of the fused ops (`chunked_xent`,
 `flash_attention`) at 5-8 tile sizes each. Every variant of a program computes the same
 value (up to float rounding), so a group's timings compare real alternatives. All variants
-of one program are timed together (interleaved, compiled once, stopping early once the
-spread is small) and stored in a SQLite database (WAL mode) one row per variant. `collect`
+of one program are timed together (interleaved, compiled once, variants that compile to the
+same executable timed once, stopping early once every median is known to 1%) and stored in a SQLite database (WAL mode) one row per variant. `collect`
 is resumable: a program whose variants are stored is skipped. `export` writes the rows to a
 `costmodel.dataset.Dataset` `.npz`.
 """
@@ -15,6 +15,7 @@ is resumable: a program whose variants are stored is skipped. `export` writes th
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -44,11 +45,16 @@ CREATE TABLE IF NOT EXISTS variants (
     program_id TEXT, variant_id TEXT, family TEXT, tile_group TEXT,
     node_opcode BLOB, node_feat BLOB, edge_index BLOB, config_feat BLOB, xla_cost BLOB,
     median_s REAL, p25_s REAL, p75_s REAL, spread REAL, n INTEGER,
-    backend TEXT, device_kind TEXT, versions TEXT,
+    backend TEXT, device_kind TEXT, versions TEXT, executable TEXT DEFAULT '',
     PRIMARY KEY (program_id, variant_id)
 );
 """
 
+_INSERT_VARIANT = (
+    "INSERT OR REPLACE INTO variants (program_id, variant_id, family, tile_group, node_opcode, "
+    "node_feat, edge_index, config_feat, xla_cost, median_s, p25_s, p75_s, spread, n, backend, "
+    "device_kind, versions, executable) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
 
 # ------------------------------------------------------------------ variants
 
@@ -140,29 +146,66 @@ def program_variants(
 # ------------------------------------------------------------------ timing
 
 
+def executable_key(exe: Any) -> str:
+    """A fingerprint of a compiled executable's optimized HLO, blind to what does not change
+    the machine code: instruction and computation names, source metadata, the module name.
+    Two variants with the same key run the same executable, so their runtimes are equal
+    and any measured difference between them is noise."""
+    import hashlib
+
+    names: dict[str, str] = {}
+    lines = []
+    for line in exe.as_text().splitlines():
+        s = line.strip()
+        if not s.startswith(("%", "ROOT", "ENTRY", "}")):
+            continue  # the module header, stack frames and file tables
+        s = re.sub(r", metadata=\{[^}]*\}", "", s)
+        if s.endswith("{"):  # a computation's header: its parameters' names, not types
+            s = re.sub(r"[\w.\-]+: ", "", s)
+        s = re.sub(r"%[\w.\-]+", lambda m: names.setdefault(m.group(0), f"%{len(names)}"), s)
+        lines.append(s)
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class GroupTiming:
+    """What `_time_group` measured: per variant its timing, XLA's cost analysis and its
+    executable key (variants sharing a key were timed once and share that timing)."""
+
+    timings: list[Timing]
+    costs: list[np.ndarray]
+    keys: list[str]
+
+
 def _time_group(
     variants: Sequence[Variant],
     args: tuple[Any, ...],
     budget_s: float,
     min_rounds: int = 5,
-    max_rounds: int = 40,
-    target_spread: float = 0.05,
-) -> tuple[list[Timing], list[np.ndarray]]:
-    """Time variants interleaved, like `time_callables`, with two savings that matter for a
-    corpus of thousands of variants: each variant is compiled once (the same executable
-    gives XLA's cost analysis), and rounds stop early once every variant's spread is below
-    `target_spread` (never before `min_rounds`, never after `max_rounds` or `budget_s`)."""
+    max_rounds: int = 200,
+    target_error: float = 0.01,
+) -> GroupTiming:
+    """Time variants interleaved, like `time_callables`, with three savings that matter for
+    a corpus of thousands of variants: each variant is compiled once (the same executable
+    gives XLA's cost analysis), variants that compile to the same executable
+    (`executable_key`) are timed once, and rounds stop early once every median is known to
+    `target_error` (its estimated relative standard error, `0.93 * spread / sqrt(n)`), never
+    before `min_rounds`, never after `max_rounds` or `budget_s` of timed calls."""
     args = jax.device_put(args)
-    compiled, costs = [], []
+    compiled, costs, keys = [], [], []
+    first: dict[str, int] = {}
     for v in variants:
         exe = jax.jit(v.fn).lower(*args).compile()
-        compiled.append(exe)
         costs.append(_cost_of(exe))
-        jax.block_until_ready(exe(*args))  # the warm-up call
-    samples: list[list[float]] = [[] for _ in variants]
+        keys.append(executable_key(exe))
+        if keys[-1] not in first:
+            first[keys[-1]] = len(compiled)
+            compiled.append(exe)
+            jax.block_until_ready(exe(*args))  # the warm-up call
+    samples: list[list[float]] = [[] for _ in compiled]
     clock = time.perf_counter
     spent, rounds = 0.0, 0
-    order = list(range(len(variants)))
+    order = list(range(len(compiled)))
     while rounds < max_rounds:
         offset = rounds % len(order)
         for i in order[offset:] + order[:offset]:
@@ -175,9 +218,11 @@ def _time_group(
         if rounds >= min_rounds:
             if spent >= budget_s:
                 break
-            if max(Timing.from_samples(s).spread for s in samples) < target_spread:
+            error = max(0.93 * Timing.from_samples(s).spread for s in samples) / rounds**0.5
+            if error < target_error:
                 break
-    return [Timing.from_samples(s) for s in samples], costs
+    timed = [Timing.from_samples(s) for s in samples]
+    return GroupTiming([timed[first[k]] for k in keys], costs, keys)
 
 
 def _cost_of(exe: Any) -> np.ndarray:
@@ -200,6 +245,10 @@ def _connect(db_path: str | Path) -> sqlite3.Connection:
     con = sqlite3.connect(path, timeout=60)
     con.execute("PRAGMA journal_mode=WAL")
     con.executescript(_SCHEMA)
+    columns = {row[1] for row in con.execute("PRAGMA table_info(variants)")}
+    if "executable" not in columns:  # a store written before executables were keyed
+        with con:
+            con.execute("ALTER TABLE variants ADD COLUMN executable TEXT DEFAULT ''")
     return con
 
 
@@ -248,7 +297,7 @@ def collect(
     programs_per_family: int = 32,
     families: Sequence[str] | None = None,
     seed: int = 0,
-    budget_s: float = 0.3,
+    budget_s: float = 1.0,
     time_limit_s: float | None = None,
     progress: bool = True,
 ) -> CollectStats:
@@ -291,10 +340,7 @@ def collect(
                 rows, error = [], f"{type(err).__name__}: {err}"
                 errors += 1
             with con:
-                con.executemany(
-                    "INSERT OR REPLACE INTO variants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
+                con.executemany(_INSERT_VARIANT, rows)
                 con.execute(
                     "INSERT OR REPLACE INTO programs VALUES (?,?,?,?,?,?)",
                     (program_id, family, prog_seed, len(rows), time.perf_counter() - t0, error),
@@ -327,9 +373,9 @@ def _measure_program(
     spec = FAMILIES[family](np.random.default_rng(seed))
     variants = program_variants(spec, program_id)
     args = tuple(jnp.asarray(a) for a in spec.args)
-    timings, costs = _time_group(variants, args, budget_s)
+    measured = _time_group(variants, args, budget_s)
     rows = []
-    for v, t, cost in zip(variants, timings, costs):
+    for v, t, cost, key in zip(variants, measured.timings, measured.costs, measured.keys):
         g: GraphArrays = featurize_program(v.program, cost)
         rows.append((
             program_id, v.variant_id, family, v.tile_group,
@@ -337,7 +383,7 @@ def _measure_program(
             _blob(g.edge_index.astype(np.int32)), _blob(g.config_feat.astype(np.float32)),
             _blob(g.xla_cost.astype(np.float32)),
             t.median_s, t.p25_s, t.p75_s, t.spread, t.n,
-            info["backend"], info["device_kind"], versions,
+            info["backend"], info["device_kind"], versions, key,
         ))  # fmt: skip
     return rows
 

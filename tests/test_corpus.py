@@ -13,6 +13,7 @@ from superopt._corpus import (
     _tile_group,
     _time_group,
     collect,
+    executable_key,
     export,
     plan,
     program_variants,
@@ -82,10 +83,64 @@ def test_timer_stops_early_and_reports_costs():
     spec = FAMILIES["reduction"](np.random.default_rng(0))
     variants = program_variants(spec, "p", egraph=False)
     args = tuple(np.asarray(a) for a in spec.args)
-    timings, costs = _time_group(variants, args, budget_s=0.0, min_rounds=3, max_rounds=50)
-    assert all(t.n == 3 for t in timings)
-    assert all(t.median_s > 0 for t in timings)
-    assert all(c.shape == (3,) and c[0] > 0 for c in costs)  # XLA counts the matmul FLOPs
+    measured = _time_group(variants, args, budget_s=0.0, min_rounds=3, max_rounds=50)
+    assert all(t.n == 3 for t in measured.timings)
+    assert all(t.median_s > 0 for t in measured.timings)
+    assert all(c.shape == (3,) and c[0] > 0 for c in measured.costs)  # XLA counts the FLOPs
+    assert len(set(measured.keys)) == len(variants)  # these variants compile differently
+
+
+def test_executable_key_ignores_names_and_source_but_not_the_program():
+    import jax
+    import jax.numpy as jnp
+
+    x = np.ones((64, 32), np.float32)
+
+    def key(fn):
+        return executable_key(jax.jit(fn).lower(x).compile())
+
+    def first(v):
+        return jnp.sum(v * 2.0 + 1.0)
+
+    def second(w):  # the same program, written elsewhere under other names
+        doubled = w * 2.0
+        return jnp.sum(doubled + 1.0)
+
+    assert key(first) == key(second)
+    assert key(first) != key(lambda v: jnp.sum(v * 3.0 + 1.0))
+    assert key(first) != key(lambda v: jnp.max(v * 2.0 + 1.0))
+
+
+def test_a_store_written_before_executable_keys_is_upgraded_in_place(tmp_path):
+    from superopt._corpus import _connect
+
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE variants (program_id TEXT, variant_id TEXT, family TEXT, "
+                "tile_group TEXT, node_opcode BLOB, node_feat BLOB, edge_index BLOB, "
+                "config_feat BLOB, xla_cost BLOB, median_s REAL, p25_s REAL, p75_s REAL, "
+                "spread REAL, n INTEGER, backend TEXT, device_kind TEXT, versions TEXT, "
+                "PRIMARY KEY (program_id, variant_id))")  # fmt: skip
+    con.execute("INSERT INTO variants (program_id, variant_id, median_s) VALUES ('p', 'v', 1.0)")
+    con.commit()
+    con.close()
+    con = _connect(db)
+    assert con.execute("SELECT median_s, executable FROM variants").fetchall() == [(1.0, "")]
+    con.close()
+
+
+def test_variants_with_one_executable_are_timed_once_and_share_the_timing():
+    from superopt._corpus import Variant
+
+    spec = FAMILIES["reduction"](np.random.default_rng(0))
+    variants = program_variants(spec, "p", egraph=False)[:2]
+    # The first variant again under another id: it compiles to the same executable.
+    twin = Variant("twin", variants[0].program, variants[0].fn)
+    measured = _time_group([*variants, twin], tuple(np.asarray(a) for a in spec.args),
+                           budget_s=0.0, min_rounds=3)  # fmt: skip
+    assert measured.keys[2] == measured.keys[0] != measured.keys[1]
+    assert measured.timings[2] is measured.timings[0]
+    assert measured.timings[1] is not measured.timings[0]
 
 
 def test_collect_stores_resumes_and_exports(tmp_path):
@@ -99,7 +154,9 @@ def test_collect_stores_resumes_and_exports(tmp_path):
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     n_rows = con.execute("SELECT COUNT(*) FROM variants").fetchone()[0]
+    keys = [r[0] for r in con.execute("SELECT executable FROM variants")]
     con.close()
+    assert all(len(k) == 16 for k in keys)
     dataset = export(db, tmp_path / "ds.npz")
     assert len(dataset) == n_rows and dataset.meta["backend"] == "cpu"
     assert (dataset.runtime_s > 0).all()
