@@ -181,6 +181,8 @@ class Dataset:
         tile_groups = {g for g in self.tile_group.tolist() if g}
         return {
             "variants": len(self),
+            # Variants that compile to one executable share its timing (`superopt collect`).
+            "executables": int(self.meta.get("executables", len(self))),
             "programs": len(set(self.program_id.tolist())),
             "families": len(self.families()),
             "tile_groups": len(tile_groups),

@@ -413,6 +413,10 @@ def export(
         "FROM variants ORDER BY program_id, variant_id"
     ).fetchall()
     seeds = dict(con.execute("SELECT program_id, seed FROM programs"))
+    executable = {
+        (pid, vid): key or vid  # a store written before keys: every variant its own
+        for pid, vid, key in con.execute("SELECT program_id, variant_id, executable FROM variants")
+    }
     con.close()
     records = []
     meta: dict[str, Any] = {}
@@ -434,6 +438,10 @@ def export(
             continue
         records.append(Record(fam, pid, vid, graph, float(med), float(spread), tg))
         meta = {"backend": backend, "device_kind": kind, "versions": json.loads(versions)}
+    # Distinct compiled programs among the variants (those sharing one share its timing).
+    meta["executables"] = len(
+        {(r.program_id, executable[r.program_id, r.variant_id]) for r in records}
+    )
     if refeaturize:
         meta["refeaturize_dropped"] = dropped
     dataset = Dataset.from_records(records, meta)

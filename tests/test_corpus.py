@@ -154,11 +154,12 @@ def test_collect_stores_resumes_and_exports(tmp_path):
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     n_rows = con.execute("SELECT COUNT(*) FROM variants").fetchone()[0]
-    keys = [r[0] for r in con.execute("SELECT executable FROM variants")]
+    keys = con.execute("SELECT program_id, executable FROM variants").fetchall()
     con.close()
-    assert all(len(k) == 16 for k in keys)
+    assert all(len(key) == 16 for _, key in keys)
     dataset = export(db, tmp_path / "ds.npz")
     assert len(dataset) == n_rows and dataset.meta["backend"] == "cpu"
+    assert dataset.summary()["executables"] == len(set(keys))
     assert (dataset.runtime_s > 0).all()
     assert sorted(dataset.families()) == ["elementwise", "reduction"]
     from costmodel.dataset import Dataset
