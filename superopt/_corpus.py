@@ -6,10 +6,11 @@ hand-written rewrites of the kind the e-graph finds, the e-graph's own variants
 (`superopt.variants`), and tile-size variants of the fused ops (`chunked_xent`,
 `flash_attention`) at 5-8 tile sizes each. Every variant of a program computes the same
 value (up to float rounding), so a group's timings compare real alternatives. All variants
-of one program are timed together (interleaved, compiled once, variants that compile to the
-same executable timed once, stopping early once every median is known to 1%) and stored in a SQLite database (WAL mode) one row per variant. `collect`
-is resumable: a program whose variants are stored is skipped. `export` writes the rows to a
-`costmodel.dataset.Dataset` `.npz`.
+of one program are timed together: interleaved, each compiled once, variants that compile to
+the same executable timed once (they share that timing), stopping early once every median
+is known to 1%. They are stored in a SQLite database (WAL mode), one row per variant.
+`collect` is resumable: a program whose variants are stored is skipped. `export` writes the
+rows to a `costmodel.dataset.Dataset` `.npz`.
 """
 
 from __future__ import annotations
