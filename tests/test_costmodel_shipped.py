@@ -37,6 +37,7 @@ def test_card_states_the_shipped_numbers(shipped):
     card = CARD.read_text()
     summary = shipped.summary()
     for key, label in [("programs", "programs"), ("variants", "variants"),
+                       ("executables", "distinct executables"),
                        ("tile_groups", "tile groups")]:  # fmt: skip
         match = re.search(rf"\| {label}[^|]*\| ([\d,]+)", card)
         assert match, f"the card has no '{label}' row"
