@@ -90,6 +90,18 @@ def test_timer_stops_early_and_reports_costs():
     assert len(set(measured.keys)) == len(variants)  # these variants compile differently
 
 
+def test_timer_stops_once_every_median_is_known_well_enough():
+    spec = FAMILIES["reduction"](np.random.default_rng(0))
+    variants = program_variants(spec, "p", egraph=False)[:2]
+    args = tuple(np.asarray(a) for a in spec.args)
+    # Any median is known to 1000%: stop at the first chance, long before the budget.
+    loose = _time_group(variants, args, budget_s=60.0, min_rounds=4, target_error=10.0)
+    assert [t.n for t in loose.timings] == [4, 4]
+    # No median is known exactly: only the round limit stops it.
+    exact = _time_group(variants, args, budget_s=60.0, max_rounds=9, target_error=0.0)
+    assert [t.n for t in exact.timings] == [9, 9]
+
+
 def test_executable_key_ignores_names_and_source_but_not_the_program():
     import jax
     import jax.numpy as jnp
