@@ -308,7 +308,7 @@ def bench(
     case: Annotated[
         list[str] | None, typer.Option("--case", "-c", help="Run only these cases.")
     ] = None,
-    budget: Annotated[float, typer.Option(help="Seconds of timed rounds per case.")] = 2.0,
+    budget: Annotated[float, typer.Option(help="Seconds of timed rounds per case.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON, not a table.")] = False,
     cost_model: Annotated[str, typer.Option(help="learned, analytical or flops.")] = "learned",
 ) -> None:
