@@ -15,6 +15,7 @@ rows to a `costmodel.dataset.Dataset` `.npz`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -97,8 +98,6 @@ def _has_tiles(program: Program) -> bool:
 def _tile_group(program_id: str, program: Program) -> str:
     """The tile group of a program with tiled fused ops: the program with every tile set to
     one value names the group, so variants differing only in tile sizes share it."""
-    import hashlib
-
     key = _retile(program, 1).canonical_key()
     return f"{program_id}/{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
@@ -152,8 +151,6 @@ def executable_key(exe: Any) -> str:
     the machine code: instruction and computation names, source metadata, the module name.
     Two variants with the same key run the same executable, so their runtimes are equal
     and any measured difference between them is noise."""
-    import hashlib
-
     names: dict[str, str] = {}
     lines = []
     for line in exe.as_text().splitlines():
