@@ -260,9 +260,9 @@ def _raw_row(node: Node) -> list[float]:
     if len(tiles) > 1:
         row[_COL["log_tile1"]] = _log(tiles[1])
     # How a tiled loop runs: its trip count, the bytes one step keeps in flight, the work
-    # and traffic of one step, and its partial last tile (a loop's time is about steps x the time of a step, and
-    # a step of a long-query attention looks like a step of a short-query one with a
-    # larger tile: per-step numbers carry over between shape regimes).
+    # and traffic of one step, and its partial last tile. A loop's time is about steps x
+    # the time of a step, and a step of a long-query attention looks like a step of a
+    # short-query one with a larger tile: per-step numbers carry over between shape regimes.
     row[_COL["log_num_tiles"]] = _log(cost.steps - 1.0)
     row[_COL["log_tile_bytes"]] = _log(cost.tile_bytes)
     steps = max(cost.steps, 1.0)
