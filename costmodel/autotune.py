@@ -5,7 +5,9 @@ which variants to measure. On the held-out groups of a dataset — tile-size gro
 fused op of one program at several tile sizes) and rewrite groups (every variant of one
 program) — each proposer orders a group's variants, the hardware "measures" them in that
 order (the dataset's measured runtimes), and after k = 1, 2, 4, 8, 16 measurements we
-record the best runtime found, relative to the best of all the group's variants.
+record the best runtime found, relative to the best of all the group's variants. A
+measurement is one distinct executable: a variant that compiles to one already measured is
+known without measuring.
 
 Proposers: each cost model (cheapest predicted first) and random search (averaged over
 many random orders). Reported per group kind: the share of groups within 5% of the best
@@ -121,10 +123,19 @@ def _cell(within: float, slowdown: float) -> str:
 
 
 def _curve(
-    runtime: np.ndarray, order: np.ndarray, steps: Sequence[int], tolerance: float
+    runtime: np.ndarray,
+    order: np.ndarray,
+    steps: Sequence[int],
+    tolerance: float,
+    executable: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Ratio of the best found to the best, within-tolerance flags per step, and the
-    number of measurements to get within tolerance, for one order of one group."""
+    number of measurements to get within tolerance, for one order of one group.
+
+    A variant that compiles to an executable already measured costs no measurement (the
+    tuner compiles before it measures), so only each executable's first variant counts."""
+    _, first = np.unique(executable[order], return_index=True)
+    order = order[np.sort(first)]
     times = runtime[order]
     found = np.minimum.accumulate(times) / times.min()
     at = np.asarray([found[min(k, len(found)) - 1] for k in steps])
@@ -184,6 +195,8 @@ def autotune_curves(
     """
     idx = np.asarray(idx, np.int64)
     runtime = np.asarray(dataset.runtime_s[idx], np.float64)
+    keys = np.char.add(np.char.add(dataset.program_id[idx], "/"), dataset.executable[idx])
+    executable = np.unique(keys, return_inverse=True)[1]
     steps = tuple(int(k) for k in steps)
     rng = np.random.default_rng(seed)
     rows = []
@@ -196,7 +209,7 @@ def autotune_curves(
         for name, per_group in orders.items():
             ratios, flags, reach = [], [], []
             for group_orders in per_group:
-                curves = [_curve(runtime, o, steps, tolerance) for o in group_orders]
+                curves = [_curve(runtime, o, steps, tolerance, executable) for o in group_orders]
                 ratios.append(np.mean([c[0] for c in curves], axis=0))
                 flags.append(np.mean([c[1] for c in curves], axis=0))
                 reach.append(np.mean([c[2] for c in curves]))

@@ -3,7 +3,8 @@
 One record per measured variant: its family, program id, variant id, the group of tile
 variants it belongs to (if any), its graph arrays (concatenated over records with offsets,
 as TpuGraphs stores them), config features, XLA's cost where it answered, the measured
-median seconds and relative spread. Metadata (backend, device kind, versions) is a JSON
+median seconds, relative spread and number of timed rounds, and which executable it
+compiled to (variants of one program that compile alike share one timing). Metadata (backend, device kind, versions) is a JSON
 string inside the `.npz`.
 """
 
@@ -36,6 +37,9 @@ _FIELDS = (
     "variant_id",
     "tile_group",
 )
+# Written and read alongside, but not part of `content_hash` (training does not read them,
+# and a dataset exported before they existed loads with `_default_extra`).
+_EXTRA_FIELDS = ("executable", "rounds")
 
 
 class DatasetError(ValueError):
@@ -53,6 +57,10 @@ class Record:
     runtime_s: float
     spread: float = 0.0
     tile_group: str = ""
+    # The executable the variant compiled to, as a key unique within its program ("": its
+    # own), and the timed rounds behind `runtime_s` (0: unknown).
+    executable: str = ""
+    rounds: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,6 +80,8 @@ class Dataset:
     program_id: np.ndarray
     variant_id: np.ndarray
     tile_group: np.ndarray
+    executable: np.ndarray
+    rounds: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -118,6 +128,8 @@ class Dataset:
             np.asarray([r.program_id for r in records], dtype=str),
             np.asarray([r.variant_id for r in records], dtype=str),
             np.asarray([r.tile_group for r in records], dtype=str),
+            np.asarray([r.executable or r.variant_id for r in records], dtype=str),
+            np.asarray([r.rounds for r in records], np.int32),
             dict(meta or {}),
         )
 
@@ -133,6 +145,8 @@ class Dataset:
                 float(self.runtime_s[i]),
                 float(self.spread[i]),
                 str(self.tile_group[i]),
+                str(self.executable[i]),
+                int(self.rounds[i]),
             )
             for i in idx
         ]
@@ -152,7 +166,7 @@ class Dataset:
         """Write a compressed `.npz`."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {name: getattr(self, name) for name in _FIELDS}
+        arrays = {name: getattr(self, name) for name in _FIELDS + _EXTRA_FIELDS}
         with open(path, "wb") as f:
             np.savez_compressed(f, meta=np.asarray(json.dumps(self.meta)), **arrays)
         return path
@@ -169,11 +183,15 @@ class Dataset:
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {name: z[name] for name in _FIELDS}
+                for name in _EXTRA_FIELDS:
+                    arrays[name] = z[name] if name in z.files else _default_extra(name, arrays)
                 meta = json.loads(str(z["meta"]))
         except (OSError, KeyError, ValueError, zlib.error) as err:
             raise DatasetError(
                 f"{path} is not a readable superopt dataset ({err}); collect it again"
             ) from err
+        if any(len(arrays[name]) != len(arrays["runtime_s"]) for name in _EXTRA_FIELDS):
+            raise DatasetError(f"{path} is not a readable superopt dataset (ragged arrays)")
         return Dataset(**arrays, meta=meta)
 
     def summary(self) -> dict[str, Any]:
@@ -182,7 +200,7 @@ class Dataset:
         return {
             "variants": len(self),
             # Variants that compile to one executable share its timing (`superopt collect`).
-            "executables": int(self.meta.get("executables", len(self))),
+            "executables": len(set(zip(self.program_id.tolist(), self.executable.tolist()))),
             "programs": len(set(self.program_id.tolist())),
             "families": len(self.families()),
             "tile_groups": len(tile_groups),
@@ -224,3 +242,11 @@ def split_by_family(
         val_mask = ~test_mask & np.isin(dataset.program_id, val_programs)
     train_mask = ~test_mask & ~val_mask
     return np.flatnonzero(train_mask), np.flatnonzero(val_mask), np.flatnonzero(test_mask)
+
+
+def _default_extra(name: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """An `_EXTRA_FIELDS` column for a dataset written without it: every variant its own
+    executable, rounds unknown."""
+    if name == "executable":
+        return np.asarray(arrays["variant_id"], dtype=str)
+    return np.zeros(len(arrays["runtime_s"]), np.int32)

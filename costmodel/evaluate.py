@@ -6,6 +6,9 @@
 - **Fusion / rewrite selection**: over every variant of every program, the whole-program
   runtime MAPE, and Kendall's tau within the variants of each program.
 
+Next to the models, `noise_ceiling` scores a model that knew every true runtime against
+these measurements: what measurement noise alone leaves of each metric.
+
 `scatter_png` draws predicted vs measured runtime (log-log) with a tiny PNG writer, so no
 plotting library is needed.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,25 +94,95 @@ def task_metrics(dataset: Dataset, idx: np.ndarray, predicted_s: np.ndarray) -> 
     )
 
 
+def _mean_metrics(runs: Sequence[TaskMetrics]) -> TaskMetrics:
+    return TaskMetrics(
+        *(
+            float(np.mean([getattr(r, f) for r in runs])) if "groups" not in f
+            else getattr(runs[0], f)
+            for f in TaskMetrics.__dataclass_fields__
+        )
+    )  # fmt: skip
+
+
+# A median of n normal samples has a standard error of 1.2533 sigma / sqrt(n), and sigma is
+# the interquartile range / 1.349: 0.93 x (IQR / median) / sqrt(n) relative to the median.
+_MEDIAN_ERROR = 1.2533 / 1.349
+
+
+def noise_ceiling(
+    dataset: Dataset, idx: np.ndarray, draws: int = 32, seed: int = 0
+) -> TaskMetrics | None:
+    """Both tasks' metrics of a perfect model: one that predicts every true runtime,
+    scored against these measurements.
+
+    Each measured median is off the truth by its standard error, estimated from its spread
+    and rounds as `0.93 x spread / sqrt(rounds)`. The perfect model's predictions are the
+    measurements moved by a draw of that error (one draw per executable: variants that
+    compiled alike share a timing), averaged over `draws` draws.
+
+    **Returns:** the metrics, or `None` if some record of `idx` has no rounds recorded (a
+    dataset exported before they were).
+    """
+    idx = np.asarray(idx, np.int64)
+    rounds = dataset.rounds[idx]
+    if len(idx) == 0 or np.any(rounds <= 0):
+        return None
+    error = _MEDIAN_ERROR * dataset.spread[idx].astype(np.float64) / np.sqrt(rounds)
+    keys = np.char.add(np.char.add(dataset.program_id[idx], "/"), dataset.executable[idx])
+    _, code = np.unique(keys, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    true = dataset.runtime_s[idx]
+    runs = [
+        task_metrics(dataset, idx, true * np.exp(error * rng.standard_normal(code.max() + 1)[code]))
+        for _ in range(draws)
+    ]
+    return _mean_metrics(runs)
+
+
+CEILING = "noise ceiling"
+
+_HEADER = ("tile τ", "tile slowdown", "tile groups", "rewrite MAPE", "rewrite τ", "rewrite groups")
+_RICH_HEADER = ("family", "model", "tile τ", "slowdown", "tiles", "MAPE", "rewrite τ", "groups")
+
+
+def _cells(m: TaskMetrics) -> list[str]:
+    def fmt(value: float, spec: str) -> str:
+        return format(value, spec) if np.isfinite(value) else "-"
+
+    return [
+        fmt(m.tile_tau, ".3f"),
+        fmt(100 * m.tile_slowdown, ".1f") + "%" * bool(np.isfinite(m.tile_slowdown)),
+        str(m.tile_groups),
+        fmt(100 * m.rewrite_mape, ".1f") + "%" * bool(np.isfinite(m.rewrite_mape)),
+        fmt(m.rewrite_tau, ".3f"),
+        str(m.rewrite_groups),
+    ]
+
+
 @dataclass(frozen=True)
 class Evaluation:
-    """Metrics per model, and the predictions behind them."""
+    """Metrics per model (and the `CEILING` row where the dataset records rounds), the
+    same per held-out family, and the predictions behind them."""
 
     metrics: dict[str, TaskMetrics]
     predictions: dict[str, np.ndarray]
     measured_s: np.ndarray
     test_families: tuple[str, ...]
+    by_family: dict[str, dict[str, TaskMetrics]] = field(default_factory=dict)
+
+    def rows(self) -> list[tuple[str, str, TaskMetrics]]:
+        """`(family or "all", model, metrics)` for every row of the tables."""
+        out = [("all", name, m) for name, m in self.metrics.items()]
+        for family, per_model in self.by_family.items():
+            out += [(family, name, m) for name, m in per_model.items()]
+        return out
 
     def table(self) -> str:
-        """A markdown table like the paper's."""
-        head = (
-            "| model | tile tau | tile slowdown | tile groups | rewrite MAPE | rewrite tau "
-            "| rewrite groups |\n|---|---|---|---|---|---|---|\n"
-        )
+        """A markdown table like the paper's (all held-out families together, then each)."""
+        head = "| families | model | " + " | ".join(_HEADER).replace("τ", "tau") + " |\n"
+        head += "|---" * (len(_HEADER) + 2) + "|\n"
         rows = [
-            f"| {name} | {m.tile_tau:.3f} | {100 * m.tile_slowdown:.1f}% | {m.tile_groups} | "
-            f"{100 * m.rewrite_mape:.1f}% | {m.rewrite_tau:.3f} | {m.rewrite_groups} |"
-            for name, m in self.metrics.items()
+            "| " + " | ".join([family, name, *_cells(m)]) + " |" for family, name, m in self.rows()
         ]
         return head + "\n".join(rows) + "\n"
 
@@ -117,19 +190,14 @@ class Evaluation:
         from rich.table import Table
 
         table = Table(title=f"held-out families: {', '.join(self.test_families)}")
-        for col in ["model", "tile τ", "tile slowdown", "tile groups", "rewrite MAPE",
-                    "rewrite τ", "rewrite groups"]:  # fmt: skip
-            table.add_column(col)
-        for name, m in self.metrics.items():
-            table.add_row(
-                name,
-                f"{m.tile_tau:.3f}",
-                f"{100 * m.tile_slowdown:.1f}%",
-                str(m.tile_groups),
-                f"{100 * m.rewrite_mape:.1f}%",
-                f"{m.rewrite_tau:.3f}",
-                str(m.rewrite_groups),
-            )
+        for col in _RICH_HEADER:
+            table.add_column(col, no_wrap=True)
+        last = None
+        for family, name, m in self.rows():
+            if last is not None and family != last:
+                table.add_section()
+            table.add_row(family if family != last else "", name, *_cells(m))
+            last = family
         return table
 
 
@@ -150,13 +218,32 @@ def evaluate(
     - `test_families`: their names, for the table's title.
     - `png`: where to write the predicted-vs-measured scatter, or `None`.
 
-    **Returns:** an `Evaluation` (`.table()` gives the markdown table).
+    **Returns:** an `Evaluation` (`.table()` gives the markdown table): every model and the
+    noise ceiling, over all the test records and per family when there are several.
     """
     idx = np.asarray(test_idx, np.int64)
     graphs = dataset.graphs(idx)
     predictions = {name: np.asarray(m.score_programs(graphs)) for name, m in models.items()}
-    metrics = {name: task_metrics(dataset, idx, p) for name, p in predictions.items()}
-    result = Evaluation(metrics, predictions, dataset.runtime_s[idx], tuple(test_families))
+
+    def scores(positions: np.ndarray) -> dict[str, TaskMetrics]:
+        sub = idx[positions]
+        out = {name: task_metrics(dataset, sub, p[positions]) for name, p in predictions.items()}
+        ceiling = noise_ceiling(dataset, sub)
+        if ceiling is not None:
+            out[CEILING] = ceiling
+        return out
+
+    families = dataset.family[idx]
+    by_family = {}
+    if len(set(families.tolist())) > 1:
+        by_family = {f: scores(np.flatnonzero(families == f)) for f in sorted(set(families))}
+    result = Evaluation(
+        scores(np.arange(len(idx))),
+        predictions,
+        dataset.runtime_s[idx],
+        tuple(test_families),
+        by_family,
+    )
     if png is not None:
         scatter_png(png, result.measured_s, predictions)
     return result

@@ -407,20 +407,17 @@ def export(
     con = _connect(db_path)
     rows = con.execute(
         "SELECT program_id, variant_id, family, tile_group, node_opcode, node_feat, "
-        "edge_index, config_feat, xla_cost, median_s, spread, backend, device_kind, versions "
-        "FROM variants ORDER BY program_id, variant_id"
+        "edge_index, config_feat, xla_cost, median_s, spread, n, executable, backend, "
+        "device_kind, versions FROM variants ORDER BY program_id, variant_id"
     ).fetchall()
     seeds = dict(con.execute("SELECT program_id, seed FROM programs"))
-    executable = {
-        (pid, vid): key or vid  # a store written before keys: every variant its own
-        for pid, vid, key in con.execute("SELECT program_id, variant_id, executable FROM variants")
-    }
     con.close()
     records = []
     meta: dict[str, Any] = {}
     rebuilt: dict[str, dict[str, Variant]] = {}
     dropped = 0
-    for pid, vid, fam, tg, op, nf, ei, cf, xc, med, spread, backend, kind, versions in rows:
+    for row in rows:
+        pid, vid, fam, tg, op, nf, ei, cf, xc, med, spread, n, key, backend, kind, versions = row
         if refeaturize:
             graph = _refeaturized(rebuilt, pid, fam, seeds, vid, op, ei, xc)
         else:
@@ -434,15 +431,16 @@ def export(
         if graph is None:
             dropped += 1
             continue
-        records.append(Record(fam, pid, vid, graph, float(med), float(spread), tg))
+        # A store written before executable keys: every variant its own.
+        records.append(
+            Record(fam, pid, vid, graph, float(med), float(spread), tg, key or "", int(n or 0))
+        )
         meta = {"backend": backend, "device_kind": kind, "versions": json.loads(versions)}
-    # Distinct compiled programs among the variants (those sharing one share its timing).
-    meta["executables"] = len(
-        {(r.program_id, executable[r.program_id, r.variant_id]) for r in records}
-    )
     if refeaturize:
         meta["refeaturize_dropped"] = dropped
     dataset = Dataset.from_records(records, meta)
+    # Distinct compiled programs among the variants (those sharing one share its timing).
+    dataset.meta["executables"] = dataset.summary()["executables"]
     if out is not None:
         dataset.save(out)
     return dataset

@@ -104,6 +104,19 @@ def test_evaluate_autotune_scores_models_and_draws_the_plot(tmp_path):
         assert (pixels == color).all(-1).sum() > 20
 
 
+def test_a_variant_compiled_alike_to_one_measured_costs_no_measurement():
+    records = [
+        Record("f", "p", name, _graph(t), t, 0.0, "", key)
+        for name, t, key in [("a", 3.0, "x"), ("a2", 3.0, "x"), ("b", 2.0, "y"), ("c", 1.0, "z")]
+    ]
+    ds = Dataset.from_records(records)
+    worst = -np.asarray([4.0, 3.0, 2.0, 1.0])  # measures a, a2, b, c in that order
+    result = autotune_curves(ds, np.arange(4), {"m": worst})
+    # a2 compiles to a's executable: c, the best, is the third measurement, not the fourth.
+    assert result.row("rewrite", "m").to_reach == 3.0
+    assert result.row("rewrite", "m").within[:3] == (0.0, 0.0, 1.0)
+
+
 def test_curves_png_without_groups_of_a_kind(tmp_path):
     ds = Dataset.from_records(
         [Record("f", "p", f"v{i}", _graph(t), t) for i, t in enumerate([2.0, 1.0])]

@@ -7,6 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 
+from costmodel.features import featurize_program
 from superopt._corpus import (
     FAMILIES,
     _retile,
@@ -172,14 +173,32 @@ def test_collect_stores_resumes_and_exports(tmp_path):
     dataset = export(db, tmp_path / "ds.npz")
     assert len(dataset) == n_rows and dataset.meta["backend"] == "cpu"
     assert dataset.summary()["executables"] == len(set(keys))
+    assert sorted(zip(dataset.program_id, dataset.executable)) == sorted(keys)
+    assert (dataset.rounds >= 1).all()
     assert (dataset.runtime_s > 0).all()
     assert sorted(dataset.families()) == ["elementwise", "reduction"]
     from costmodel.dataset import Dataset
 
     loaded = Dataset.load(tmp_path / "ds.npz")
     assert loaded.content_hash() == dataset.content_hash()
+    assert (loaded.executable == dataset.executable).all()
+    assert (loaded.rounds == dataset.rounds).all()
     g = loaded.graph(0)
     assert g.node_feat.shape[0] == g.node_opcode.shape[0] > 0
+
+
+def test_a_dataset_saved_before_executables_and_rounds_loads_without_them(tmp_path):
+    from costmodel.dataset import _FIELDS, Dataset, Record
+
+    g = featurize_program(program_variants(FAMILIES["reduction"](np.random.default_rng(0)), "p",
+                                           egraph=False)[0].program)  # fmt: skip
+    ds = Dataset.from_records([Record("f", "p", v, g, 1.0, 0.1, "", "x", 9) for v in "ab"])
+    with open(tmp_path / "old.npz", "wb") as f:
+        np.savez_compressed(f, meta=np.asarray("{}"), **{k: getattr(ds, k) for k in _FIELDS})
+    old = Dataset.load(tmp_path / "old.npz")
+    assert old.content_hash() == ds.content_hash()
+    assert list(old.executable) == ["a", "b"] and list(old.rounds) == [0, 0]
+    assert old.summary()["executables"] == 2 and ds.summary()["executables"] == 1
 
 
 def test_refeaturized_export_keeps_times_and_drops_what_no_longer_rebuilds(tmp_path):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import pytest
 
 from costmodel.dataset import Dataset, Record
-from costmodel.evaluate import evaluate, scatter_png, task_metrics
+from costmodel.evaluate import CEILING, evaluate, noise_ceiling, scatter_png, task_metrics
 from costmodel.features import NUM_CONFIG, NUM_FEATURES, GraphArrays
 from costmodel.model import AbstractCostModel
 
@@ -48,7 +49,9 @@ def test_evaluate_tables_and_png(tmp_path):
     ds = _dataset()
     result = evaluate(ds, {"oracle": _Oracle()}, np.arange(4), ("f",), png=tmp_path / "s.png")
     assert result.metrics["oracle"].tile_tau == 1.0
-    assert "| oracle | 1.000 | 0.0% |" in result.table()
+    assert "| all | oracle | 1.000 | 0.0% |" in result.table()
+    assert CEILING not in result.metrics  # the records carry no rounds
+    assert not result.by_family  # one family: no per-family rows
     data = (tmp_path / "s.png").read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
 
@@ -64,3 +67,54 @@ def test_png_pixels_round_trip(tmp_path):
     assert (rows[:, 0] == 0).all()
     pixels = rows[:, 1:].reshape(64, 64, 3)
     assert ((pixels == (220, 50, 47)).all(-1)).sum() > 0  # the model's red points
+
+
+def _noisy(spread: float, rounds: int, families=("f", "f")) -> Dataset:
+    g = _dataset().graph(0)
+    times = [1.0, 1.01, 1.02, 1.2, 2.0]
+    records = []
+    for fam, p in zip(families, ("p0", "p1")):
+        records += [
+            Record(fam, p, f"t{i}", g, t, spread, f"{p}/tile", f"x{i}", rounds)
+            for i, t in enumerate(times)
+        ]
+    # A variant that compiled to the executable of `t0` shares its timing.
+    records.append(Record(families[0], "p0", "twin", g, 1.0, spread, "", "x0", rounds))
+    return Dataset.from_records(records)
+
+
+def test_noise_ceiling_falls_with_noise_and_needs_rounds():
+    exact = noise_ceiling(_noisy(0.0, 10), np.arange(11))
+    assert exact.tile_tau == pytest.approx(1.0) and exact.rewrite_tau == pytest.approx(1.0)
+    assert exact.tile_slowdown == 0.0 and exact.rewrite_mape == 0.0
+    quiet = noise_ceiling(_noisy(0.02, 100), np.arange(11))
+    loud = noise_ceiling(_noisy(0.5, 5), np.arange(11))
+    assert 1.0 > quiet.tile_tau > loud.tile_tau
+    assert quiet.rewrite_mape < loud.rewrite_mape
+    # 1.0, 1.01 and 1.02 s swap under 20% noise; 2 s stays last.
+    assert loud.tile_tau > 0.2 and loud.tile_slowdown < 0.2
+    assert noise_ceiling(_noisy(0.02, 0), np.arange(11)) is None  # rounds unknown
+
+
+class _Measured(AbstractCostModel):
+    """Predicts the measured runtimes of a dataset's records, in order (scored whole)."""
+
+    times: np.ndarray
+
+    def score_programs(self, graphs):
+        return self.times[: len(graphs)]
+
+    def score_nodes(self, node_opcode, node_feat):
+        return np.zeros(len(node_opcode))
+
+
+def test_evaluate_has_a_ceiling_row_and_rows_per_family():
+    ds = _noisy(0.05, 30, families=("f", "g"))
+    result = evaluate(ds, {"truth": _Measured(ds.runtime_s)}, np.arange(len(ds)), ("f", "g"))
+    assert set(result.metrics) == {"truth", CEILING}
+    assert set(result.by_family) == {"f", "g"}
+    assert result.by_family["g"]["truth"].tile_groups == 1
+    assert result.by_family["f"]["truth"].rewrite_tau == 1.0
+    assert result.metrics[CEILING].tile_tau < 1.0
+    table = result.table()
+    assert "| all | noise ceiling |" in table and "| g | truth | 1.000 | 0.0% | 1 |" in table
