@@ -3,8 +3,9 @@
 One record per measured variant: its family, program id, variant id, the group of tile
 variants it belongs to (if any), its graph arrays (concatenated over records with offsets,
 as TpuGraphs stores them), config features, XLA's cost where it answered, the measured
-median seconds, relative spread and number of timed rounds, and which executable it
-compiled to (variants of one program that compile alike share one timing). Metadata (backend, device kind, versions) is a JSON
+median seconds, relative spread and number of timed rounds, which executable it compiled
+to (variants of one program that compile alike share one timing), and the median of a
+second measurement run where there was one. Metadata (backend, device kind, versions) is a JSON
 string inside the `.npz`.
 """
 
@@ -39,7 +40,7 @@ _FIELDS = (
 )
 # Written and read alongside, but not part of `content_hash` (training does not read them,
 # and a dataset exported before they existed loads with `_default_extra`).
-_EXTRA_FIELDS = ("executable", "rounds")
+_EXTRA_FIELDS = ("executable", "rounds", "repeat_s")
 
 
 class DatasetError(ValueError):
@@ -61,6 +62,8 @@ class Record:
     # own), and the timed rounds behind `runtime_s` (0: unknown).
     executable: str = ""
     rounds: int = 0
+    # The median of a second measurement run (`superopt._corpus.remeasure`), NaN if none.
+    repeat_s: float = float("nan")
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,6 +85,7 @@ class Dataset:
     tile_group: np.ndarray
     executable: np.ndarray
     rounds: np.ndarray
+    repeat_s: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -130,6 +134,7 @@ class Dataset:
             np.asarray([r.tile_group for r in records], dtype=str),
             np.asarray([r.executable or r.variant_id for r in records], dtype=str),
             np.asarray([r.rounds for r in records], np.int32),
+            np.asarray([r.repeat_s for r in records], np.float64),
             dict(meta or {}),
         )
 
@@ -147,6 +152,7 @@ class Dataset:
                 str(self.tile_group[i]),
                 str(self.executable[i]),
                 int(self.rounds[i]),
+                float(self.repeat_s[i]),
             )
             for i in idx
         ]
@@ -246,7 +252,9 @@ def split_by_family(
 
 def _default_extra(name: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
     """An `_EXTRA_FIELDS` column for a dataset written without it: every variant its own
-    executable, rounds unknown."""
+    executable, rounds unknown, no second measurement."""
     if name == "executable":
         return np.asarray(arrays["variant_id"], dtype=str)
+    if name == "repeat_s":
+        return np.full(len(arrays["runtime_s"]), np.nan)
     return np.zeros(len(arrays["runtime_s"]), np.int32)

@@ -341,6 +341,14 @@ def collect(
             "variants that no longer rebuild to the stored graph are left out)."
         ),
     ] = False,
+    remeasure: Annotated[
+        bool,
+        typer.Option(
+            help="Measure the stored programs (of --family, or all) a second time instead "
+            "of collecting new ones; `superopt evaluate` scores the second run against the "
+            "first."
+        ),
+    ] = False,
 ) -> None:
     """Measure programs and their variants into a resumable store (the cost-model corpus).
 
@@ -355,14 +363,21 @@ def collect(
             raise UsageError(
                 f"unknown program families {unknown}; known: {', '.join(_corpus.FAMILIES)}"
             )
-        stats = _corpus.collect(
-            db,
-            programs_per_family=programs_per_family,
-            families=family or None,
-            seed=seed,
-            budget_s=budget,
-            time_limit_s=time_limit,
-        )
+        if remeasure:
+            if not db.exists():
+                raise UsageError(f"no store at {db} to measure again; collect into it first")
+            stats = _corpus.remeasure(
+                db, families=family or None, budget_s=budget, time_limit_s=time_limit
+            )
+        else:
+            stats = _corpus.collect(
+                db,
+                programs_per_family=programs_per_family,
+                families=family or None,
+                seed=seed,
+                budget_s=budget,
+                time_limit_s=time_limit,
+            )
         typer.echo(str(stats))
         if export is not None:
             dataset = _corpus.export(db, export, refeaturize=refeaturize)

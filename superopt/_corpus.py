@@ -15,6 +15,7 @@ rows to a `costmodel.dataset.Dataset` `.npz`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -48,6 +49,10 @@ CREATE TABLE IF NOT EXISTS variants (
     node_opcode BLOB, node_feat BLOB, edge_index BLOB, config_feat BLOB, xla_cost BLOB,
     median_s REAL, p25_s REAL, p75_s REAL, spread REAL, n INTEGER,
     backend TEXT, device_kind TEXT, versions TEXT, executable TEXT DEFAULT '',
+    PRIMARY KEY (program_id, variant_id)
+);
+CREATE TABLE IF NOT EXISTS repeats (
+    program_id TEXT, variant_id TEXT, median_s REAL, spread REAL, n INTEGER, executable TEXT,
     PRIMARY KEY (program_id, variant_id)
 );
 """
@@ -277,15 +282,19 @@ def plan(
     programs_per_family: int, families: Sequence[str] | None = None, seed: int = 0
 ) -> list[tuple[str, str, int]]:
     """The `(program_id, family, seed)` of every program a collection covers, in order
-    (interleaved over families, so a partial run covers every family)."""
+    (interleaved over families, so a partial run covers every family).
+
+    A program's seed depends on its id alone (the family's place in `FAMILIES`, not in
+    `families`): one id is one program whichever families a run covers."""
     names = list(FAMILIES) if families is None else list(families)
     unknown = [f for f in names if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown corpus families {unknown}; known: {sorted(FAMILIES)}")
+    position = {name: k for k, name in enumerate(FAMILIES)}
     return [
-        (f"{name}-{seed}-{i}", name, seed * 1_000_003 + i * 7919 + k)
+        (f"{name}-{seed}-{i}", name, seed * 1_000_003 + i * 7919 + position[name])
         for i in range(programs_per_family)
-        for k, name in enumerate(names)
+        for name in names
     ]
 
 
@@ -313,45 +322,126 @@ def collect(
 
     **Returns:** `CollectStats`, including an estimate of the time the rest would take.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from costmodel.train import device_info
-
     con = _connect(db_path)
     todo = plan(programs_per_family, families, seed)
     done = {r[0] for r in con.execute("SELECT program_id FROM programs")}
     pending = [p for p in todo if p[0] not in done]
+
+    def store(program: tuple[str, str, int], rows: list, seconds: float, error: str | None):
+        program_id, family, prog_seed = program
+        con.executemany(_INSERT_VARIANT, rows)
+        con.execute(
+            "INSERT OR REPLACE INTO programs VALUES (?,?,?,?,?,?)",
+            (program_id, family, prog_seed, len(rows), seconds, error),
+        )
+
+    try:
+        stats = _measure_all(con, pending, store, budget_s, time_limit_s, progress, "collecting")
+    finally:
+        con.close()
+    return dataclasses.replace(
+        stats, programs_done=len(done) + stats.programs_done, programs_total=len(todo)
+    )
+
+
+def remeasure(
+    db_path: str | Path,
+    *,
+    families: Sequence[str] | None = None,
+    budget_s: float = 1.0,
+    time_limit_s: float | None = None,
+    progress: bool = True,
+) -> CollectStats:
+    """Measure stored programs a second time, in this process, into the store's `repeats`
+    table (resumable: programs measured again already are skipped). A variant that no longer
+    rebuilds to its stored graph gets no second measurement.
+
+    Within one run, variants are interleaved and their medians are known to about a
+    percent; a second run, with fresh compilations and buffers, moves them by more. `export`
+    gives the second medians as `Dataset.repeat_s`, and `costmodel.evaluate` scores the
+    second run as a predictor of the first: the most any model can be shown to reach on
+    these measurements.
+
+    **Arguments:**
+
+    - `db_path`: a store `collect` wrote.
+    - `families`: only programs of these families (default all).
+    - `budget_s`, `time_limit_s`, `progress`: as for `collect`.
+
+    **Returns:** `CollectStats` over the programs to measure again.
+    """
+    con = _connect(db_path)
+    stored = con.execute(
+        "SELECT program_id, family, seed FROM programs WHERE error IS NULL AND program_id NOT IN "
+        "(SELECT program_id FROM repeats) ORDER BY rowid"
+    ).fetchall()
+    todo = [p for p in stored if families is None or p[1] in families]
+
+    def store(program: tuple[str, str, int], rows: list, seconds: float, error: str | None):
+        # Only variants that rebuild to the stored graph (same opcodes and edges) count.
+        stored_graphs = {
+            vid: (op, edges)
+            for vid, op, edges in con.execute(
+                "SELECT variant_id, node_opcode, edge_index FROM variants WHERE program_id = ?",
+                (program[0],),
+            )
+        }
+        con.executemany(
+            "INSERT OR REPLACE INTO repeats VALUES (?,?,?,?,?,?)",
+            [
+                (r[0], r[1], r[9], r[12], r[13], r[17])
+                for r in rows
+                if stored_graphs.get(r[1]) == (r[4], r[6])
+            ],
+        )
+
+    try:
+        return _measure_all(con, todo, store, budget_s, time_limit_s, progress, "measuring again")
+    finally:
+        con.close()
+
+
+def _measure_all(
+    con: sqlite3.Connection,
+    pending: Sequence[tuple[str, str, int]],
+    store: Callable[[tuple[str, str, int], list, float, str | None], None],
+    budget_s: float,
+    time_limit_s: float | None,
+    progress: bool,
+    label: str,
+) -> CollectStats:
+    """Measure each `(program_id, family, seed)` of `pending` and `store` its rows (in one
+    transaction per program), with a progress bar and a time limit."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from costmodel.train import device_info
+
     info, versions = device_info(), _versions()
     start = time.perf_counter()
     measured = errors = finished = 0
     columns = ["{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("collecting", total=len(pending))
-        for program_id, family, prog_seed in pending:
+        task = bar.add_task(label, total=len(pending))
+        for program in pending:
             if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
                 break
             t0 = time.perf_counter()
             try:
-                rows = _measure_program(program_id, family, prog_seed, budget_s, info, versions)
+                rows = _measure_program(*program, budget_s, info, versions)
                 error = None
             except Exception as err:  # a family that fails on a draw is recorded, not fatal
                 rows, error = [], f"{type(err).__name__}: {err}"
                 errors += 1
             with con:
-                con.executemany(_INSERT_VARIANT, rows)
-                con.execute(
-                    "INSERT OR REPLACE INTO programs VALUES (?,?,?,?,?,?)",
-                    (program_id, family, prog_seed, len(rows), time.perf_counter() - t0, error),
-                )
+                store(program, rows, time.perf_counter() - t0, error)
             measured += len(rows)
             finished += 1
-            bar.update(task, advance=1, description=f"collecting {family}")
+            bar.update(task, advance=1, description=f"{label} {program[1]}")
     seconds = time.perf_counter() - start
     per = seconds / max(finished, 1)
-    con.close()
     return CollectStats(
-        len(done) + finished,
-        len(todo),
+        finished,
+        len(pending),
         measured,
         seconds,
         per,
@@ -411,6 +501,10 @@ def export(
         "device_kind, versions FROM variants ORDER BY program_id, variant_id"
     ).fetchall()
     seeds = dict(con.execute("SELECT program_id, seed FROM programs"))
+    repeats = {
+        (pid, vid): median
+        for pid, vid, median in con.execute("SELECT program_id, variant_id, median_s FROM repeats")
+    }
     con.close()
     records = []
     meta: dict[str, Any] = {}
@@ -432,9 +526,11 @@ def export(
             dropped += 1
             continue
         # A store written before executable keys: every variant its own.
+        repeat = repeats.get((pid, vid), np.nan)
         records.append(
-            Record(fam, pid, vid, graph, float(med), float(spread), tg, key or "", int(n or 0))
-        )
+            Record(fam, pid, vid, graph, float(med), float(spread), tg, key or "", int(n or 0),
+                   repeat)
+        )  # fmt: skip
         meta = {"backend": backend, "device_kind": kind, "versions": json.loads(versions)}
     if refeaturize:
         meta["refeaturize_dropped"] = dropped

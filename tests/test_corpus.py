@@ -18,6 +18,7 @@ from superopt._corpus import (
     export,
     plan,
     program_variants,
+    remeasure,
 )
 
 
@@ -27,6 +28,14 @@ def test_plan_interleaves_families_and_rejects_unknown_ones():
     assert len({pid for pid, _, _ in p}) == 4
     with pytest.raises(ValueError, match="unknown corpus families"):
         plan(1, ["nope"])
+
+
+def test_a_program_id_is_one_program_whichever_families_a_run_covers():
+    everything = {pid: seed for pid, _, seed in plan(3)}
+    for families in (["xent_pow2"], ["reduction", "mlp"], ["xent_pow2", "xent"]):
+        for pid, _, seed in plan(3, families):
+            assert everything[pid] == seed
+    assert len(set(everything.values())) == len(everything)
 
 
 @pytest.mark.parametrize(
@@ -187,6 +196,27 @@ def test_collect_stores_resumes_and_exports(tmp_path):
     assert g.node_feat.shape[0] == g.node_opcode.shape[0] > 0
 
 
+def test_remeasure_times_stored_programs_again_once_and_export_carries_it(tmp_path):
+    from costmodel.evaluate import SECOND_RUN, evaluate
+
+    db = tmp_path / "store.sqlite"
+    collect(db, programs_per_family=1, families=["reduction", "elementwise"], budget_s=0.01,
+            progress=False)  # fmt: skip
+    assert np.isnan(export(db).repeat_s).all()
+    stats = remeasure(db, families=["reduction"], budget_s=0.01, progress=False)
+    assert stats.programs_done == stats.programs_total == 1 and stats.errors == 0
+    assert remeasure(db, families=["reduction"], progress=False).programs_total == 0
+    dataset = export(db)
+    again = dataset.family == "reduction"
+    assert np.isfinite(dataset.repeat_s[again]).all() and np.isnan(dataset.repeat_s[~again]).all()
+    # Same programs, same machine: the second medians are of the first's order of magnitude.
+    ratio = dataset.repeat_s[again] / dataset.runtime_s[again]
+    assert ((ratio > 0.2) & (ratio < 5.0)).all()
+    result = evaluate(dataset, {}, np.flatnonzero(again), ("reduction",))
+    assert SECOND_RUN in result.metrics
+    assert SECOND_RUN not in evaluate(dataset, {}, np.arange(len(dataset))).metrics
+
+
 def test_a_dataset_saved_before_executables_and_rounds_loads_without_them(tmp_path):
     from costmodel.dataset import _FIELDS, Dataset, Record
 
@@ -198,6 +228,7 @@ def test_a_dataset_saved_before_executables_and_rounds_loads_without_them(tmp_pa
     old = Dataset.load(tmp_path / "old.npz")
     assert old.content_hash() == ds.content_hash()
     assert list(old.executable) == ["a", "b"] and list(old.rounds) == [0, 0]
+    assert np.isnan(old.repeat_s).all()
     assert old.summary()["executables"] == 2 and ds.summary()["executables"] == 1
 
 

@@ -117,4 +117,4 @@ def test_evaluate_has_a_ceiling_row_and_rows_per_family():
     assert result.by_family["f"]["truth"].rewrite_tau == 1.0
     assert result.metrics[CEILING].tile_tau < 1.0
     table = result.table()
-    assert "| all | noise ceiling |" in table and "| g | truth | 1.000 | 0.0% | 1 |" in table
+    assert "| all | within-run ceiling |" in table and "| g | truth | 1.000 | 0.0% | 1 |" in table
