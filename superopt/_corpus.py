@@ -35,7 +35,7 @@ from costmodel.features import TILE_PARAMS, GraphArrays, featurize_program
 
 from ._codegen import to_callable
 from ._families import FAMILIES, Spec
-from ._measure import Timing
+from ._measure import Timing, timed_rounds
 from ._trace import trace
 from .ir import Node, Params, Program
 
@@ -193,7 +193,8 @@ def _time_group(
     gives XLA's cost analysis), variants that compile to the same executable
     (`executable_key`) are timed once, and rounds stop early once every median is known to
     `target_error` (its estimated relative standard error, `0.93 * spread / sqrt(n)`), never
-    before `min_rounds`, never after `max_rounds` or `budget_s` of timed calls."""
+    before `min_rounds`, never after `max_rounds` or `budget_s` of timed calls
+    (`superopt._measure.timed_rounds`)."""
     args = jax.device_put(args)
     compiled, costs, keys = [], [], []
     first: dict[str, int] = {}
@@ -205,25 +206,14 @@ def _time_group(
             first[keys[-1]] = len(compiled)
             compiled.append(exe)
             jax.block_until_ready(exe(*args))  # the warm-up call
-    samples: list[list[float]] = [[] for _ in compiled]
-    clock = time.perf_counter
-    spent, rounds = 0.0, 0
-    order = list(range(len(compiled)))
-    while rounds < max_rounds:
-        offset = rounds % len(order)
-        for i in order[offset:] + order[:offset]:
-            t0 = clock()
-            jax.block_until_ready(compiled[i](*args))
-            dt = clock() - t0
-            samples[i].append(dt)
-            spent += dt
-        rounds += 1
-        if rounds >= min_rounds:
-            if spent >= budget_s:
-                break
-            error = max(0.93 * Timing.from_samples(s).spread for s in samples) / rounds**0.5
-            if error < target_error:
-                break
+    samples = timed_rounds(
+        compiled,
+        args,
+        min_rounds=min_rounds,
+        max_rounds=max_rounds,
+        budget_s=budget_s,
+        target_error=target_error,
+    )
     timed = [Timing.from_samples(s) for s in samples]
     return GroupTiming([timed[first[k]] for k in keys], costs, keys)
 

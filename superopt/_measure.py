@@ -10,7 +10,7 @@ are only ever meant to be compared within one call, on one machine.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,18 +119,60 @@ def time_callables(
         for name in names:
             jax.block_until_ready(compiled[name](*args))
 
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples = timed_rounds(
+        [compiled[name] for name in names],
+        args,
+        min_rounds=min_rounds,
+        max_rounds=max_rounds,
+        budget_s=budget_s,
+    )
+    return {name: Timing.from_samples(s) for name, s in zip(names, samples)}
+
+
+# A median of n normal samples has a standard error of 1.2533 sigma / sqrt(n), and sigma is
+# the interquartile range / 1.349: about 0.93 x (IQR / median) / sqrt(n) of the median.
+MEDIAN_ERROR = 1.2533 / 1.349
+
+
+def timed_rounds(
+    fns: Sequence[Callable[..., Any]],
+    args: tuple[Any, ...],
+    *,
+    min_rounds: int,
+    max_rounds: int,
+    budget_s: float,
+    target_error: float | None = None,
+) -> list[list[float]]:
+    """The seconds of every timed call of each of `fns` on `args` (already compiled and
+    warmed up), in rounds.
+
+    A round calls every function once, rotating the order each round, and blocks on each
+    result. Rounds stop after `max_rounds`, or once the timed calls have used `budget_s`
+    seconds, or (with `target_error`) once every median's estimated relative standard
+    error, `MEDIAN_ERROR * spread / sqrt(rounds)`, is below it; never before `min_rounds`.
+    """
+    samples: list[list[float]] = [[] for _ in fns]
+    if not fns:
+        return samples
     clock = time.perf_counter
-    spent = 0.0
-    rounds = 0
-    while rounds < max_rounds and (rounds < min_rounds or spent < budget_s):
-        offset = rounds % len(names)
-        for name in names[offset:] + names[:offset]:
-            fn = compiled[name]
+    spent, rounds = 0.0, 0
+    order = list(range(len(fns)))
+    while rounds < max_rounds:
+        offset = rounds % len(order)
+        for i in order[offset:] + order[:offset]:
+            fn = fns[i]
             start = clock()
             jax.block_until_ready(fn(*args))
             elapsed = clock() - start
-            samples[name].append(elapsed)
+            samples[i].append(elapsed)
             spent += elapsed
         rounds += 1
-    return {name: Timing.from_samples(samples[name]) for name in names}
+        if rounds < min_rounds:
+            continue
+        if spent >= budget_s:
+            break
+        if target_error is not None:
+            spread = max(Timing.from_samples(s).spread for s in samples)
+            if MEDIAN_ERROR * spread / rounds**0.5 < target_error:
+                break
+    return samples
