@@ -158,6 +158,14 @@ class Dataset:
         ]
         return Dataset.from_records(records, self.meta)
 
+    def runtime_of_runs(self) -> np.ndarray:
+        """Each record's runtime over its measurement runs: the geometric mean of the first
+        and the second where there is a second (`repeat_s`), else the first."""
+        both = np.isfinite(self.repeat_s) & (self.repeat_s > 0)
+        out = np.array(self.runtime_s, np.float64)
+        out[both] = np.sqrt(out[both] * self.repeat_s[both])
+        return out
+
     def families(self) -> list[str]:
         return sorted(set(self.family.tolist()))
 

@@ -410,7 +410,10 @@ def _measure_all(
     start = time.perf_counter()
     measured = errors = finished = 0
     columns = ["{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress) as bar:
+    # No refresh thread: the cyclic garbage collector may run on whichever thread allocates,
+    # and an e-graph (egglog's EGraph may only be dropped on the thread that made it) freed
+    # on rich's refresh thread raises there. The bar refreshes after each program instead.
+    with Progress(*columns, disable=not progress, auto_refresh=False) as bar:
         task = bar.add_task(label, total=len(pending))
         for program in pending:
             if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
@@ -426,7 +429,7 @@ def _measure_all(
                 store(program, rows, time.perf_counter() - t0, error)
             measured += len(rows)
             finished += 1
-            bar.update(task, advance=1, description=f"{label} {program[1]}")
+            bar.update(task, advance=1, description=f"{label} {program[1]}", refresh=True)
     seconds = time.perf_counter() - start
     per = seconds / max(finished, 1)
     return CollectStats(

@@ -100,6 +100,33 @@ def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
     assert shares.shape == (g.num_nodes,) and np.isfinite(shares).all() and (shares > 0).all()
 
 
+def test_training_on_the_mean_of_runs_fits_those_labels_and_records_the_dataset(
+    tiny_dataset, tmp_path
+):
+    import dataclasses
+
+    from costmodel.train import read_metadata
+
+    # A second run that measured family "a" 4x slower: the labels of "a" double.
+    repeat = np.where(tiny_dataset.family == "a", 4.0 * tiny_dataset.runtime_s, np.nan)
+    ds = dataclasses.replace(tiny_dataset, repeat_s=repeat)
+    mean = ds.runtime_of_runs()
+    a = ds.family == "a"
+    assert np.allclose(mean[a], 2.0 * ds.runtime_s[a]) and (mean[~a] == ds.runtime_s[~a]).all()
+    config = TrainConfig(width=16, embed_dim=4, num_layers=2, batch_graphs=8, steps=60,
+                         eval_every=20, patience=10, learning_rate=5e-3, ensemble=1,
+                         mean_of_runs=True)  # fmt: skip
+    result = train(ds, test_families=("d",), config=config, out=tmp_path, progress=False)
+    assert read_metadata(tmp_path)["dataset_hash"] == ds.content_hash()
+    # The fitted roofline saw the doubled labels: it predicts "a" slower than the first run.
+    idx = np.flatnonzero(a)
+    ratio = result.baseline.score_programs(ds.graphs(idx)) / ds.runtime_s[idx]
+    plain = train(tiny_dataset, test_families=("d",), progress=False,
+                  config=dataclasses.replace(config, mean_of_runs=False, steps=2))  # fmt: skip
+    plain_ratio = plain.baseline.score_programs(ds.graphs(idx)) / ds.runtime_s[idx]
+    assert np.median(ratio) > np.median(plain_ratio)
+
+
 def test_bad_checkpoints_raise_weights_error(tiny_dataset, tmp_path):
     with pytest.raises(WeightsError, match="no cost-model weights"):
         load_checkpoint(tmp_path / "missing")
