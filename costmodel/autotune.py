@@ -195,8 +195,7 @@ def autotune_curves(
     """
     idx = np.asarray(idx, np.int64)
     runtime = np.asarray(dataset.runtime_s[idx], np.float64)
-    keys = np.char.add(np.char.add(dataset.program_id[idx], "/"), dataset.executable[idx])
-    executable = np.unique(keys, return_inverse=True)[1]
+    executable = dataset.executable_codes(idx)
     steps = tuple(int(k) for k in steps)
     rng = np.random.default_rng(seed)
     rows = []

@@ -158,6 +158,13 @@ class Dataset:
         ]
         return Dataset.from_records(records, self.meta)
 
+    def executable_codes(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """An int per record (of `indices`, default all): equal for the records of one
+        program that compiled to one executable (and so share one timing)."""
+        idx = slice(None) if indices is None else np.asarray(indices, np.int64)
+        keys = np.char.add(np.char.add(self.program_id[idx], "/"), self.executable[idx])
+        return np.unique(keys, return_inverse=True)[1].reshape(-1)
+
     def runtime_of_runs(self) -> np.ndarray:
         """Each record's runtime over its measurement runs: the geometric mean of the first
         and the second where there is a second (`repeat_s`), else the first."""
@@ -214,7 +221,7 @@ class Dataset:
         return {
             "variants": len(self),
             # Variants that compile to one executable share its timing (`superopt collect`).
-            "executables": len(set(zip(self.program_id.tolist(), self.executable.tolist()))),
+            "executables": len(np.unique(self.executable_codes())),
             "programs": len(set(self.program_id.tolist())),
             "families": len(self.families()),
             "tile_groups": len(tile_groups),

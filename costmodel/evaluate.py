@@ -132,8 +132,7 @@ def noise_ceiling(
     if len(idx) == 0 or np.any(rounds <= 0):
         return None
     error = _MEDIAN_ERROR * dataset.spread[idx].astype(np.float64) / np.sqrt(rounds)
-    keys = np.char.add(np.char.add(dataset.program_id[idx], "/"), dataset.executable[idx])
-    _, code = np.unique(keys, return_inverse=True)
+    code = dataset.executable_codes(idx)
     rng = np.random.default_rng(seed)
     true = dataset.runtime_s[idx]
     runs = [

@@ -528,8 +528,6 @@ def export(
     if refeaturize:
         meta["refeaturize_dropped"] = dropped
     dataset = Dataset.from_records(records, meta)
-    # Distinct compiled programs among the variants (those sharing one share its timing).
-    dataset.meta["executables"] = dataset.summary()["executables"]
     if out is not None:
         dataset.save(out)
     return dataset
