@@ -57,11 +57,18 @@ CREATE TABLE IF NOT EXISTS repeats (
 );
 """
 
+# The columns of a row `_measure_program` returns, in order.
+_VARIANT_COLUMNS = (
+    "program_id", "variant_id", "family", "tile_group", "node_opcode", "node_feat",
+    "edge_index", "config_feat", "xla_cost", "median_s", "p25_s", "p75_s", "spread", "n",
+    "backend", "device_kind", "versions", "executable",
+)  # fmt: skip
+_ROW = {name: i for i, name in enumerate(_VARIANT_COLUMNS)}
 _INSERT_VARIANT = (
-    "INSERT OR REPLACE INTO variants (program_id, variant_id, family, tile_group, node_opcode, "
-    "node_feat, edge_index, config_feat, xla_cost, median_s, p25_s, p75_s, spread, n, backend, "
-    "device_kind, versions, executable) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT OR REPLACE INTO variants ({', '.join(_VARIANT_COLUMNS)}) "
+    f"VALUES ({','.join('?' * len(_VARIANT_COLUMNS))})"
 )
+_REPEAT_COLUMNS = ("program_id", "variant_id", "median_s", "spread", "n", "executable")
 
 # ------------------------------------------------------------------ variants
 
@@ -377,11 +384,13 @@ def remeasure(
             )
         }
         con.executemany(
-            "INSERT OR REPLACE INTO repeats VALUES (?,?,?,?,?,?)",
+            f"INSERT OR REPLACE INTO repeats ({', '.join(_REPEAT_COLUMNS)}) "
+            f"VALUES ({','.join('?' * len(_REPEAT_COLUMNS))})",
             [
-                (r[0], r[1], r[9], r[12], r[13], r[17])
+                tuple(r[_ROW[c]] for c in _REPEAT_COLUMNS)
                 for r in rows
-                if stored_graphs.get(r[1]) == (r[4], r[6])
+                if stored_graphs.get(r[_ROW["variant_id"]])
+                == (r[_ROW["node_opcode"]], r[_ROW["edge_index"]])
             ],
         )
 
