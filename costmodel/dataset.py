@@ -232,7 +232,11 @@ class Dataset:
 
 
 def split_by_family(
-    dataset: Dataset, test_families: Sequence[str] = (), val_fraction: float = 0.2, seed: int = 0
+    dataset: Dataset,
+    test_families: Sequence[str] = (),
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    val_families: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train / validation / test record indices, split by family, never by row.
 
@@ -240,10 +244,13 @@ def split_by_family(
 
     - `dataset`: the dataset.
     - `test_families`: families held out for the final evaluation.
-    - `val_fraction`: fraction of the remaining families held out for early stopping.
-      With fewer than four remaining families, a fraction of their *programs* is held out
-      instead (still never a row: no variant of a validation program is trained on).
+    - `val_fraction`: fraction of the remaining families held out for early stopping,
+      drawn with `seed`. With fewer than four remaining families, a fraction of their
+      *programs* is held out instead (still never a row: no variant of a validation
+      program is trained on).
     - `seed`: the shuffle seed.
+    - `val_families`: the validation families by name, instead of a draw. Those the
+      dataset has (and does not test) are used; if it has none of them, the draw decides.
 
     **Returns:** `(train, val, test)` index arrays.
     """
@@ -251,7 +258,10 @@ def split_by_family(
     test_mask = np.isin(fam, np.asarray(list(test_families), dtype=str))
     rng = np.random.default_rng(seed)
     families = sorted(set(fam[~test_mask].tolist()))
-    if len(families) >= 4:
+    named = [f for f in families if f in set(val_families)]
+    if named:
+        val_mask = ~test_mask & np.isin(fam, np.asarray(named, dtype=str))
+    elif len(families) >= 4:
         rng.shuffle(families)
         n_val = max(1, round(val_fraction * len(families)))
         val_mask = ~test_mask & np.isin(fam, np.asarray(families[:n_val], dtype=str))

@@ -321,8 +321,8 @@ def collect(
     """
     con = _connect(db_path)
     todo = plan(programs_per_family, families, seed)
-    done = {r[0] for r in con.execute("SELECT program_id FROM programs")}
-    pending = [p for p in todo if p[0] not in done]
+    stored = {r[0] for r in con.execute("SELECT program_id FROM programs")}
+    pending = [p for p in todo if p[0] not in stored]
 
     def store(program: tuple[str, str, int], rows: list, seconds: float, error: str | None):
         program_id, family, prog_seed = program
@@ -336,8 +336,10 @@ def collect(
         stats = _measure_all(con, pending, store, budget_s, time_limit_s, progress, "collecting")
     finally:
         con.close()
+    # Done counts this plan's programs only, not others the store holds.
+    done_before = len(todo) - len(pending)
     return dataclasses.replace(
-        stats, programs_done=len(done) + stats.programs_done, programs_total=len(todo)
+        stats, programs_done=done_before + stats.programs_done, programs_total=len(todo)
     )
 
 

@@ -430,6 +430,37 @@ def _shared_operand(rng: np.random.Generator) -> Spec:
     )
 
 
+def _softmax(rng: np.random.Generator) -> Spec:
+    # Row-wise softmax from small rows to arrays larger than the caches (up to 32 MiB in
+    # float32): bandwidth-bound reductions over an axis, broadcast back.
+    dt = _dtype(rng)
+    n = _pick(rng, [128, 512, 2048, 8192])
+    d = _pick(rng, [w for w in (64, 512, 2048, 4096) if n * w <= 1 << 23])
+    x = _arr(rng, (n, d), dt) * 4
+
+    def manual(x):
+        e = jnp.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def reciprocal(x):
+        e = jnp.exp(x - x.max(-1, keepdims=True))
+        return e * (1 / e.sum(-1, keepdims=True))
+
+    return Spec(
+        (x,),
+        {
+            "ref": lambda x: jax.nn.softmax(x, axis=-1),
+            "manual": manual,
+            "reciprocal": reciprocal,
+            "logsumexp": lambda x: jnp.exp(x - jax.nn.logsumexp(x, -1, keepdims=True)),
+            "log_softmax": lambda x: jnp.exp(jax.nn.log_softmax(x, axis=-1)),
+            # Without the max shift: fine for these values (|x| < 30), and what many write.
+            "unshifted": lambda x: jnp.exp(x) / jnp.exp(x).sum(-1, keepdims=True),
+            "f32": lambda x: manual(x.astype(jnp.float32)).astype(x.dtype),
+        },
+    )
+
+
 FAMILIES: dict[str, Callable[[np.random.Generator], Spec]] = {
     "mlp": _mlp,
     "attention": _attention,
@@ -449,4 +480,5 @@ FAMILIES: dict[str, Callable[[np.random.Generator], Spec]] = {
     "shared_operand": _shared_operand,
     "long_attention": _long_attention,
     "xent_pow2": _xent_pow2,
+    "softmax": _softmax,
 }

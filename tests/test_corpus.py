@@ -49,6 +49,7 @@ def test_a_program_id_is_one_program_whichever_families_a_run_covers():
         "mlp",
         "chain5",
         "shared_operand",
+        "softmax",
     ],
 )
 def test_variants_are_distinct_and_equivalent(family):
@@ -172,7 +173,12 @@ def test_collect_stores_resumes_and_exports(tmp_path):
     assert stats.programs_done == 2 and stats.errors == 0 and stats.variants_measured >= 4
     again = collect(db, programs_per_family=2, families=["reduction", "elementwise"],
                     budget_s=0.01, progress=False, time_limit_s=0.0)  # fmt: skip
-    assert again.programs_done >= 2 and again.estimated_remaining_s > 0
+    assert again.programs_done == 2 and again.programs_total == 4
+    assert again.estimated_remaining_s > 0
+    # Another family into the same store: the counts are of that run's plan alone.
+    other = collect(db, programs_per_family=1, families=["reduction"], budget_s=0.01,
+                    progress=False)  # fmt: skip
+    assert other.programs_done == other.programs_total == 1 and other.variants_measured == 0
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     n_rows = con.execute("SELECT COUNT(*) FROM variants").fetchone()[0]

@@ -82,6 +82,12 @@ def test_split_is_by_family_never_by_row(tiny_dataset):
     # Four families left: validation holds out whole families.
     train_idx, val_idx, _ = split_by_family(tiny_dataset, ())
     assert len(val_idx) and not set(fams[train_idx]) & set(fams[val_idx])
+    # Named validation families replace the draw; names the dataset lacks are skipped.
+    train_idx, val_idx, test_idx = split_by_family(tiny_dataset, ("d",), val_families=("b", "z"))
+    assert set(fams[val_idx]) == {"b"} and set(fams[train_idx]) == {"a", "c"}
+    assert set(fams[test_idx]) == {"d"}
+    drawn = split_by_family(tiny_dataset, ("d",), val_families=("z",))[1]
+    assert (drawn == split_by_family(tiny_dataset, ("d",))[1]).all()
 
 
 def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
