@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import zlib
 
 import numpy as np
@@ -94,6 +95,27 @@ def test_noise_ceiling_falls_with_noise_and_needs_rounds():
     # 1.0, 1.01 and 1.02 s swap under 20% noise; 2 s stays last.
     assert loud.tile_tau > 0.2 and loud.tile_slowdown < 0.2
     assert noise_ceiling(_noisy(0.02, 0), np.arange(11)) is None  # rounds unknown
+
+
+def test_noise_ceiling_draws_once_per_executable(monkeypatch):
+    evaluate_module = importlib.import_module("costmodel.evaluate")
+    ds = _noisy(0.2, 5)
+    seen = []
+    spy = evaluate_module.task_metrics
+
+    def record(dataset, idx, predicted):
+        seen.append(np.asarray(predicted))
+        return spy(dataset, idx, predicted)
+
+    monkeypatch.setattr(evaluate_module, "task_metrics", record)
+    noise_ceiling(ds, np.arange(len(ds)), draws=8)
+    assert len(seen) == 8
+    twin, first = len(ds) - 1, 0  # the twin compiled to `t0`'s executable in `p0`
+    same_key_elsewhere = 5  # `t0` of `p1`: the same key in another program, its own timing
+    for predicted in seen:
+        assert predicted[twin] == predicted[first]
+        assert predicted[same_key_elsewhere] != predicted[first]
+        assert len(set(predicted[:5].tolist())) == 5
 
 
 class _Measured(AbstractCostModel):
