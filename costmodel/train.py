@@ -79,6 +79,8 @@ class TrainConfig:
     # training runtimes' ratio to it (1: the fitted roofline itself). 0.1 beat 1 on tile
     # tau, tile slowdown and MAPE on the validation families (rewrite tau 0.807 vs 0.816).
     base_quantile: float = 0.1
+    # Initialization and batch order (and the validation draw of a dataset without
+    # `val_families`).
     seed: int = 2
     # The validation families (early stopping and every tuning choice): one fused-op
     # family with tile groups and one rewrite family, so that early stopping watches both
