@@ -133,8 +133,8 @@ def optimize(
     provided it is not slower than `jax.jit(fn)`.
 
     With the tuning cache on, the winner is stored and a later call with the same program,
-    options and library versions rebuilds it without searching (tens of milliseconds for
-    a small program; `report.cached` is then `True`). Such a hit does not verify again:
+    options, library versions and cost-model weights rebuilds it without searching (tens
+    of milliseconds for a small program; `report.cached` is then `True`). Such a hit does not verify again:
     the stored program was verified when it was stored, and the cache key covers its
     structure, constants and the library versions, so the rebuilt program is the one
     that passed. Timings are stored per candidate and reused too: a candidate once timed
@@ -207,6 +207,7 @@ def optimize(
         "time_limit": time_limit,
         "budget": budget,
         "verify": verify,
+        "weights": _weights_id(cost_model),
     }
     record = None
     if cache:
@@ -536,6 +537,16 @@ def _environment(cost_model: Any) -> dict[str, str]:
         "device_kind": devices[0].device_kind if devices else "",
         "cost_model": str(model_name),
     }
+
+
+def _weights_id(cost_model: Any) -> str | None:
+    """The fingerprint of the weights a named model reads (`None` for other models): part
+    of the tuning-cache key, so that retrained weights search again."""
+    if not (isinstance(cost_model, str) and cost_model in ("learned", "analytical")):
+        return None
+    from ._predict import default_weights, weights_fingerprint
+
+    return weights_fingerprint(default_weights())
 
 
 def _function_name(fn: Callable[..., Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,15 +39,54 @@ class RuntimePrediction(float):
         return f"RuntimePrediction({float(self)!r} s, model={self.model!r}{extra})"
 
 
+# The files of a checkpoint directory that a prediction depends on.
+_WEIGHT_FILES = ("model.eqx", "model.json", "analytical.json")
+
+
+def weights_fingerprint(path: str | Path) -> str:
+    """A short digest of the weights in a checkpoint directory (`model.eqx`, `model.json`,
+    `analytical.json`; a missing file counts as missing): equal only for the same weights.
+
+    The tuning cache keys a search's result by it, so that retrained weights search again
+    instead of reusing what the previous weights chose."""
+    stats = []
+    for name in _WEIGHT_FILES:
+        try:
+            st = (Path(path) / name).stat()
+            stats.append((name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            stats.append((name, -1, -1))
+    return _fingerprint(str(Path(path).absolute()), tuple(stats))
+
+
+@functools.lru_cache(maxsize=32)
+def _fingerprint(path: str, stats: tuple[tuple[str, int, int], ...]) -> str:
+    # `stats` (modification time and size of each file) only keys this cache: rewritten
+    # weights are read and hashed again.
+    digest = hashlib.sha256()
+    for name, _, size in stats:
+        digest.update(name.encode())
+        if size >= 0:
+            try:
+                digest.update((Path(path) / name).read_bytes())
+            except OSError:
+                digest.update(b"unreadable")
+        else:
+            digest.update(b"missing")
+    return digest.hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=8)
-def _learned(path: str, backend: str) -> Any:
+def _learned(path: str, backend: str, fingerprint: str) -> Any:
+    # `fingerprint` keys the cache: weights rewritten in place (`superopt train`) are loaded
+    # again.
     from costmodel.train import load_checkpoint
 
     return load_checkpoint(path, backend)
 
 
 @functools.lru_cache(maxsize=8)
-def _analytical(path: str) -> Any:
+def _analytical(path: str, fingerprint: str) -> Any:
     from costmodel.analytical import AnalyticalCostModel
 
     fitted = Path(path) / "analytical.json"
@@ -87,16 +127,18 @@ def resolve_model(
     path = Path(weights) if weights is not None else default_weights()
     if isinstance(model, AbstractCostModel):
         return model, type(model).__name__, ""
-    if model == "analytical":
-        return _analytical(str(path)), "analytical", ""
-    if model != "learned":
+    if model not in ("learned", "analytical"):
         raise ValueError(_MODEL_MSG.format(model=model))
+    fingerprint = weights_fingerprint(path)
+    if model == "analytical":
+        return _analytical(str(path), fingerprint), "analytical", ""
     try:
-        return _learned(str(path), jax.default_backend()), "learned", ""
+        return _learned(str(path), jax.default_backend(), fingerprint), "learned", ""
     except WeightsError as err:
         if not fallback:
             raise
-        return _analytical(str(path)), "analytical", f"learned model unavailable: {err}"
+        note = f"learned model unavailable: {err}"
+        return _analytical(str(path), fingerprint), "analytical", note
 
 
 def predict_runtime(

@@ -393,6 +393,34 @@ def test_a_second_call_is_fast_and_rebuilds_the_same_winner(tmp_path):
     assert not other.report.cached
 
 
+def test_retrained_weights_search_again_instead_of_reusing_the_cache(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from superopt import _predict
+
+    weights = tmp_path / "weights"
+    shutil.copytree(_predict.default_weights(), weights)
+    monkeypatch.setattr(_predict, "default_weights", lambda: weights)
+    fn = lambda a, b, v: (a @ b) @ v  # noqa: E731
+    args = (_normal(0, 32, 32), _normal(1, 32, 32), _normal(2, 32, 2))
+    folder = str(tmp_path / "c")
+
+    def run():
+        return superopt.optimize(fn, *args, cost_model="analytical", cache_dir=folder)
+
+    first = run()
+    assert not first.report.cached and run().report.cached
+    # Weights rewritten in place, as `superopt train` does (indented: another size).
+    fitted = json.loads((weights / "analytical.json").read_text())
+    fitted["coef"] = [2 * c for c in fitted["coef"]]
+    (weights / "analytical.json").write_text(json.dumps(fitted, indent=1))
+    again = run()
+    assert not again.report.cached
+    assert again.report.predicted_s == pytest.approx(2 * first.report.predicted_s, rel=1e-3)
+    assert run().report.cached
+
+
 def test_a_program_with_an_opaque_scan_is_rebuilt_from_the_cache(tmp_path):
     def cumulative(x, w):
         last, ys = jax.lax.scan(lambda c, r: (c * 0.5 + r, jnp.sin(c)), jnp.zeros(3), x)
