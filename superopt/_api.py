@@ -134,10 +134,10 @@ def optimize(
 
     With the tuning cache on, the winner is stored and a later call with the same program,
     options, library versions and cost-model weights rebuilds it without searching (tens
-    of milliseconds for a small program; `report.cached` is then `True`). Such a hit does not verify again:
-    the stored program was verified when it was stored, and the cache key covers its
-    structure, constants and the library versions, so the rebuilt program is the one
-    that passed. Timings are stored per candidate and reused too: a candidate once timed
+    of milliseconds for a small program; `report.cached` is then `True`). Such a hit does
+    not verify again: the stored program was verified when it was stored, and the cache
+    key covers its structure, constants and the library versions, so the rebuilt program
+    is the one that passed. Timings are stored per candidate and reused too: a candidate once timed
     on this machine is not timed again, even under other options.
 
     **Arguments:**
