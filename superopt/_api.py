@@ -542,9 +542,10 @@ def _environment(cost_model: Any) -> dict[str, str]:
 def _weights_id(cost_model: Any) -> str | None:
     """The fingerprint of the weights a named model reads (`None` for other models): part
     of the tuning-cache key, so that retrained weights search again."""
-    if not (isinstance(cost_model, str) and cost_model in ("learned", "analytical")):
+    from ._predict import NAMED_MODELS, default_weights, weights_fingerprint
+
+    if not (isinstance(cost_model, str) and cost_model in NAMED_MODELS):
         return None
-    from ._predict import default_weights, weights_fingerprint
 
     return weights_fingerprint(default_weights())
 

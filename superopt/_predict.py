@@ -41,6 +41,8 @@ class RuntimePrediction(float):
 
 # The files of a checkpoint directory that a prediction depends on.
 _WEIGHT_FILES = ("model.eqx", "model.json", "analytical.json")
+# The models named by a string, both read from a checkpoint directory.
+NAMED_MODELS = ("learned", "analytical")
 
 
 def weights_fingerprint(path: str | Path) -> str:
@@ -127,7 +129,7 @@ def resolve_model(
     path = Path(weights) if weights is not None else default_weights()
     if isinstance(model, AbstractCostModel):
         return model, type(model).__name__, ""
-    if model not in ("learned", "analytical"):
+    if model not in NAMED_MODELS:
         raise ValueError(_MODEL_MSG.format(model=model))
     fingerprint = weights_fingerprint(path)
     if model == "analytical":
