@@ -117,6 +117,20 @@ class TrainResult:
     # The fitted analytical model (before any scaling into the network's base).
     baseline: Any = None
 
+    def summary(self) -> str:
+        """One line for people: the split, the steps and the best validation loss."""
+        best = [
+            min(h["val_loss"] for h in self.history if h.get("member", 0) == k)
+            for k in sorted({h.get("member", 0) for h in self.history})
+        ]
+        networks = len(best) or 1
+        loss = f"best validation loss {np.mean(best):.4f}" if best else "no validation step"
+        return (
+            f"trained {networks} network{'s' if networks > 1 else ''} in {self.seconds:.0f} s on "
+            f"{len(self.train_idx)} variants ({len(self.val_idx)} for validation, "
+            f"{len(self.test_idx)} held out): {loss}"
+        )
+
 
 def _group_batches(
     groups: np.ndarray, rng: np.random.Generator, batch_graphs: int

@@ -378,7 +378,7 @@ def collect(
                 budget_s=budget,
                 time_limit_s=time_limit,
             )
-        typer.echo(str(stats))
+        typer.echo(stats.summary())
         if export is not None:
             dataset = _corpus.export(db, export, refeaturize=refeaturize)
             dropped = dataset.meta.get("refeaturize_dropped")
@@ -402,7 +402,7 @@ def train(
     with _clean_errors():
         _check_file(dataset)
         result = run_training(dataset, out, time_limit_s=time_limit)
-        typer.echo(str(result))
+        typer.echo(result.summary())
 
 
 @app.command()

@@ -274,6 +274,20 @@ class CollectStats:
     estimated_remaining_s: float
     errors: int
 
+    def summary(self) -> str:
+        """One line for people: what was measured, how fast, and what is left."""
+        left = (
+            f"; about {self.estimated_remaining_s / 60:.1f} min left"
+            if self.programs_done < self.programs_total
+            else ""
+        )
+        failed = f", {self.errors} failed" if self.errors else ""
+        return (
+            f"{self.programs_done} of {self.programs_total} programs done "
+            f"({self.variants_measured} variants measured in {self.seconds:.0f} s, "
+            f"{self.seconds_per_program:.1f} s a program{failed}){left}"
+        )
+
 
 def plan(
     programs_per_family: int, families: Sequence[str] | None = None, seed: int = 0

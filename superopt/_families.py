@@ -114,10 +114,17 @@ _CHUNKS = (128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 16384, 
 
 
 def _attention_spec(
-    rng: np.random.Generator, causal: bool, cross: bool, long: bool = False
+    rng: np.random.Generator, causal: bool, cross: bool, long: bool = False, decode: bool = False
 ) -> Spec:
     d = _pick(rng, [32, 64])
-    if long:
+    if decode:
+        # A few new queries per sequence against a long key/value cache, as in
+        # autoregressive decoding: bandwidth-bound (every step reads the whole cache), with
+        # the cache (b·h·s·d, at most 4M elements: 16 MiB for k) from in-cache to past it.
+        t, s = _pick(rng, [1, 4, 8, 16, 32]), _pick(rng, [1024, 2048, 4096, 8192])
+        bh = [(b, h) for b in (1, 2, 4, 8) for h in (2, 4, 8) if b * h * s * d <= 1 << 22]
+        b, h = bh[int(rng.integers(len(bh)))]
+    elif long:
         # Long sequences, where the [T, S] scores no longer fit any cache: one sequence,
         # few heads (a naive call takes 0.1-0.5 s).
         s = t = _pick(rng, [2048, 3072, 4096])
@@ -161,6 +168,10 @@ def _cross_attention(rng: np.random.Generator) -> Spec:
 
 def _long_attention(rng: np.random.Generator) -> Spec:
     return _attention_spec(rng, causal=bool(rng.random() < 0.5), cross=False, long=True)
+
+
+def _decode_attention(rng: np.random.Generator) -> Spec:
+    return _attention_spec(rng, causal=False, cross=True, decode=True)
 
 
 def _transformer(rng: np.random.Generator) -> Spec:
@@ -482,4 +493,5 @@ FAMILIES: dict[str, Callable[[np.random.Generator], Spec]] = {
     "long_attention": _long_attention,
     "xent_pow2": _xent_pow2,
     "softmax": _softmax,
+    "decode_attention": _decode_attention,
 }

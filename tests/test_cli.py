@@ -148,11 +148,11 @@ def test_collect_then_evaluate_and_train_need_a_dataset_file(tmp_path):
          "--budget", "0.02", "--export", str(npz)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "programs_done=1" in result.output and npz.is_file()
+    assert "1 of 1 programs done" in result.output and npz.is_file()
     again = ["collect", str(db), "--remeasure", "--budget", "0.02", "--export", str(npz)]
     result = runner.invoke(app, again)
     assert result.exit_code == 0, result.output
-    assert "programs_done=1, programs_total=1" in result.output
+    assert "1 of 1 programs done" in result.output
     result = runner.invoke(app, ["collect", str(tmp_path / "none.sqlite"), "--remeasure"])
     assert result.exit_code == 1 and "no store at" in result.stderr
     assert not (tmp_path / "none.sqlite").exists()

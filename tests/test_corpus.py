@@ -50,6 +50,7 @@ def test_a_program_id_is_one_program_whichever_families_a_run_covers():
         "chain5",
         "shared_operand",
         "softmax",
+        "decode_attention",
     ],
 )
 def test_variants_are_distinct_and_equivalent(family):
@@ -175,6 +176,8 @@ def test_collect_stores_resumes_and_exports(tmp_path):
                     budget_s=0.01, progress=False, time_limit_s=0.0)  # fmt: skip
     assert again.programs_done == 2 and again.programs_total == 4
     assert again.estimated_remaining_s > 0
+    assert again.summary().startswith("2 of 4 programs done (0 variants measured in ")
+    assert "min left" in again.summary() and "min left" not in stats.summary()
     # Another family into the same store: the counts are of that run's plan alone.
     other = collect(db, programs_per_family=1, families=["reduction"], budget_s=0.01,
                     progress=False)  # fmt: skip

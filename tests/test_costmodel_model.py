@@ -97,6 +97,10 @@ def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
                    progress=False)  # fmt: skip
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < losses[0]
+    best = min(h["val_loss"] for h in result.history)
+    line = result.summary()
+    assert line.startswith("trained 1 network in ") and f"{best:.4f}" in line
+    assert f"{len(result.train_idx)} variants ({len(result.val_idx)} for validation" in line
     loaded = load_checkpoint(tmp_path, backend="cpu")
     graphs = tiny_dataset.graphs(result.test_idx[:5])
     assert np.allclose(loaded.score_programs(graphs), result.model.score_programs(graphs))
