@@ -383,7 +383,13 @@ def collect(
             dataset = _corpus.export(db, export, refeaturize=refeaturize)
             dropped = dataset.meta.get("refeaturize_dropped")
             note = f" ({dropped} variants no longer rebuild and were left out)" if dropped else ""
-            typer.echo(f"exported {dataset.summary()} to {export}{note}")
+            card = dataset.summary()
+            typer.echo(
+                f"exported {card['variants']} variants ({card['executables']} executables) of "
+                f"{card['programs']} programs in {card['families']} families, "
+                f"{card['tile_groups']} tile groups, median relative spread "
+                f"{card['median_relative_spread']:.3f}, to {export}{note}"
+            )
 
 
 @app.command()

@@ -149,6 +149,7 @@ def test_collect_then_evaluate_and_train_need_a_dataset_file(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "1 of 1 programs done" in result.output and npz.is_file()
+    assert "of 1 programs in 1 families" in result.output
     again = ["collect", str(db), "--remeasure", "--budget", "0.02", "--export", str(npz)]
     result = runner.invoke(app, again)
     assert result.exit_code == 0, result.output
