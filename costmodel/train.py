@@ -118,7 +118,7 @@ class TrainResult:
     baseline: Any = None
 
     def summary(self) -> str:
-        """One line for people: the split, the steps and the best validation loss."""
+        """One line for people: the split, the time taken and the best validation loss."""
         best = [
             min(h["val_loss"] for h in self.history if h.get("member", 0) == k)
             for k in sorted({h.get("member", 0) for h in self.history})

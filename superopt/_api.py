@@ -4,8 +4,9 @@
 and returns an `Optimized` callable with a `Report`. The rule it never breaks: a function
 that ran before still runs afterwards and computes the same thing. Anything superopt
 cannot handle (a search error, a codegen error, a candidate that fails verification, a
-program the IR cannot carry) makes it fall back to the round-tripped program or to the
-original function, with the reason in the report. Only bad *input* is an error: something
+program the IR cannot carry) makes it fall back to the original function, with the reason
+in the report. So does a search that finds nothing better: what comes back unchanged is the
+original function itself. Only bad *input* is an error: something
 that is not callable, or example arguments the function cannot be traced with.
 """
 
@@ -56,7 +57,10 @@ class Optimized:
     Calling it takes the same arguments as the original (pytrees in and out, static
     arguments in the same positions) with the shapes and dtypes it was optimized for;
     other shapes raise `SignatureError`. The call is jitted and works under `jax.grad`,
-    `jax.vmap` and `jax.jit`.
+    `jax.vmap` and `jax.jit`. A rewritten program is differentiated as written: custom
+    differentiation rules of the original (`jax.custom_jvp`, `jax.custom_vjp`) are inlined
+    into it, so where such a rule picks a value (relu's gradient at exactly 0) its
+    derivative can differ. A function returned unchanged is the original, rules and all.
 
     **Attributes:**
 
@@ -151,7 +155,7 @@ def optimize(
       model and times nothing. `N > 0` verifies and times at most `N` candidates (the
       model's best, then the best of each other distinct rewrite or tile-size choice)
       in one interleaved run against `jax.jit(fn)`; the fastest wins if it is not
-      slower than `jax.jit(fn)`, else the traced program is kept and the report says
+      slower than `jax.jit(fn)`, else the original function is kept and the report says
       why. `report.measurements` lists every timed candidate.
     - `rules`: the rule sets to search with (`None` for the default ones).
     - `node_limit`: the e-graph size at which the search stops growing it.
@@ -216,7 +220,7 @@ def optimize(
         with _open_cache(cache_dir) as store:
             record = store.record_key(f"{program_key}:{digest}")
             cached = store.get_result(record)
-        hit = _rebuild(cached, fn, traced, name, phases, start)
+        hit = _rebuild(cached, fn, reference_call, traced, name, phases, start)
         if hit is not None:
             return hit
 
@@ -275,12 +279,12 @@ def optimize(
         status, reason = "optimized", _sentences([*failures, result.note])
     elif failures:
         status = "fallback"
-        reason = _sentences([*failures, kept_reference or "the traced program is returned"])
+        reason = _sentences([*failures, kept_reference or "the original function is returned"])
     else:
         status = "unchanged"
         reason = _sentences(
             [kept_reference or result.note or "no candidate better than the traced program "
-             "was found"]
+             "was found, so the original function is returned"]
         )  # fmt: skip
     report = Report(
         status=status,
@@ -296,6 +300,11 @@ def optimize(
     )
     if record is not None:
         _store(cache_dir, record, cand.program, traced.program, report)
+    if not rewritten:
+        # Nothing better than the traced program: hand back the original function itself.
+        # The round trip computes the same values, but not always the same derivatives: it
+        # inlines `jax.custom_jvp`/`custom_vjp` rules (relu's gradient at 0 becomes 0.5).
+        return Optimized(fn, traced, None, reference_call, report, _original_source(name))
     return Optimized(fn, traced, cand.program, flat_call, report, source)
 
 
@@ -382,7 +391,7 @@ def _autotune(
 
     `cache_dir` is `False` without the cache (no reuse, nothing stored). Returns the
     winner (or the traced program's build), its timings, every measurement, and why the
-    traced program was kept ("" if a candidate won).
+    original function was kept ("" if a candidate won).
     """
     rewritten = [c for c in candidates if c.program.canonical_key() != ref_key]
     ready: list[tuple[_Winner, str]] = []
@@ -412,7 +421,7 @@ def _autotune(
     if measured:
         listed = ", ".join(f"{m.label} {m.speedup:.2f}x" for m in measured)
         why = (f"none of the {len(measured)} timed candidate(s) was faster than jax.jit "
-               f"({listed}), so the traced program is kept")  # fmt: skip
+               f"({listed}), so the original function is kept")  # fmt: skip
         timings = {"reference_s": measured[0].reference_s}
     reference = [c for c in candidates if c.program.canonical_key() == ref_key]
     winner = next((w for w in map(build, reference) if w is not None), None)
@@ -422,6 +431,7 @@ def _autotune(
 def _rebuild(
     cached: dict[str, Any] | None,
     fn: Callable[..., Any],
+    reference_call: Callable[..., Any],
     traced: Traced,
     name: str,
     phases: dict[str, float],
@@ -439,9 +449,12 @@ def _rebuild(
         flat = to_callable(program, _identifier(name))
     except Exception:
         return None  # a stale or damaged entry costs a search, never a wrong answer
-    call = _pytree_call(flat, traced, name, report.candidate)
     phases["cache"] = time.perf_counter() - start
     report = report.replace(function=name, cached=True, phase_s=dict(phases))
+    if program.canonical_key() == traced.program.canonical_key():
+        # Stored "nothing better": the original function, as `optimize` returns it.
+        return Optimized(fn, traced, None, reference_call, report, _original_source(name))
+    call = _pytree_call(flat, traced, name, report.candidate)
     return Optimized(fn, traced, program, call, report, source)
 
 

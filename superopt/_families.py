@@ -119,8 +119,8 @@ def _attention_spec(
     d = _pick(rng, [32, 64])
     if decode:
         # A few new queries per sequence against a long key/value cache, as in
-        # autoregressive decoding: bandwidth-bound (every step reads the whole cache), with
-        # the cache (b·h·s·d, at most 4M elements: 16 MiB for k) from in-cache to past it.
+        # autoregressive decoding: bandwidth-bound (each call reads all of k and v), with
+        # k (b·h·s·d, at most 4M elements: 16 MiB) from well inside the CPU caches to past them.
         t, s = _pick(rng, [1, 4, 8, 16, 32]), _pick(rng, [1024, 2048, 4096, 8192])
         bh = [(b, h) for b in (1, 2, 4, 8) for h in (2, 4, 8) if b * h * s * d <= 1 << 22]
         b, h = bh[int(rng.integers(len(bh)))]

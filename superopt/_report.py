@@ -34,10 +34,9 @@ class Report:
     **Arguments:**
 
     - `function`: the name of the optimized function.
-    - `status`: `"optimized"` (a rewritten program won), `"unchanged"` (the traced program,
-      round-tripped through codegen, since nothing better was found or kept) or
-      `"fallback"` (something failed, the original function is returned or a failure made
-      the reference the only choice; `reason` says what).
+    - `status`: `"optimized"` (a rewritten program won), `"unchanged"` (nothing better was
+      found or kept: the original function is returned) or `"fallback"` (something failed
+      and the original function is returned; `reason` says what).
     - `reason`: one or more sentences on why this status.
     - `rewrites`: the rewrites that turn the reference into the winner, each shown as
       (rule, before, after).
@@ -45,7 +44,7 @@ class Report:
     - `verdict`: the verifier's verdict as a dict (`ok`, `max_rel_error`, `where`,
       `message`, `checks`), or `None` when verification was off or never ran.
     - `speedup`: measured speedup of the result over `jax.jit(fn)`; `None` when the
-      result was not timed (`budget=0`, or the traced program was kept).
+      result was not timed (`budget=0`, or the original function was kept).
     - `predicted_s`: the cost model's predicted runtime of the winner, if it gave one.
     - `measured_s`: the measured median runtime of the result, if measured.
     - `reference_s`: the measured median runtime of `jax.jit(fn)`, if measured.

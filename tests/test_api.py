@@ -41,8 +41,10 @@ def test_optimize_returns_a_verified_equal_function(name, fn, args):
     assert opt.report.verdict is not None and opt.report.verdict["ok"]
     # "fallback" too: a search that cannot handle a program must still give a right answer.
     assert opt.report.status in ("optimized", "unchanged", "fallback")
-    assert opt.program is not None
-    assert opt.source.startswith("def ")
+    if opt.report.status == "optimized":
+        assert opt.program is not None and opt.source.startswith("def ")
+    else:  # nothing better, or a failure: the original function itself comes back
+        assert opt.program is None and "returned the original function" in opt.source
     np.testing.assert_allclose(opt(*args), fn(*args), rtol=1e-4, atol=1e-4)
     # Not only on the example values: on fresh ones of the same shapes too.
     fresh = [a + 1 if a.dtype.kind == "f" else a for a in args]
@@ -338,7 +340,7 @@ def test_budget_times_at_most_n_verified_diverse_candidates(monkeypatch):
     assert more.report.candidate == "c"
 
 
-def test_budget_keeps_the_traced_program_when_every_candidate_is_slower(monkeypatch):
+def test_budget_keeps_the_original_function_when_every_candidate_is_slower(monkeypatch):
     monkeypatch.setattr(api, "search", _four_search)
     monkeypatch.setattr(superopt._measure, "time_callables", _FakeTimer([2e-3, 3e-3]))
     x = _normal(0, 16)
@@ -346,9 +348,27 @@ def test_budget_keeps_the_traced_program_when_every_candidate_is_slower(monkeypa
     report = opt.report
     assert report.candidate == "reference" and report.speedup is None
     assert "None of the 2 timed candidate(s) was faster than jax.jit" in report.reason
-    assert report.reason.endswith("so the traced program is kept.")
+    assert report.reason.endswith("so the original function is kept.")
+    assert opt.program is None and "returned the original function" in opt.source
     assert "a 0.50x" in report.reason and report.reference_s == pytest.approx(1e-3)
     np.testing.assert_allclose(opt(x), x * 2.0, rtol=1e-6)
+
+
+def test_an_unchanged_function_is_the_original_with_its_own_derivatives(tmp_path):
+    # relu's custom_jvp makes its gradient 0 at 0; the traced and round-tripped program
+    # (max(x, 0)) has 0.5 there. Nothing beats the traced program, so the original comes
+    # back, from a search and from the cache alike.
+    fn = lambda x: jax.nn.relu(x).sum()  # noqa: E731
+    x = jnp.array([-1.0, 0.0, 2.0])
+    folder = str(tmp_path / "c")
+    for cached in (False, True):
+        opt = superopt.optimize(fn, x, cost_model="flops", cache_dir=folder)
+        assert opt.report.cached == cached and opt.report.status == "unchanged"
+        assert opt.program is None and "returned the original function" in opt.source
+        np.testing.assert_array_equal(jax.grad(opt)(x), [0.0, 0.0, 1.0])
+        assert float(opt(x)) == 2.0
+        with pytest.raises(superopt.SignatureError):
+            opt(jnp.ones(4))
 
 
 def test_budget_zero_times_nothing(monkeypatch):

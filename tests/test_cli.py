@@ -67,7 +67,8 @@ def test_optimize_prints_report_and_source(user_file):
     result = runner.invoke(app, ["optimize", target, "--args", "f32[8,4]", "--args", "f32[4,3]"])
     assert result.exit_code == 0, result.output
     assert "superopt: affine" in result.stdout
-    assert "def affine(x0, x1):" in result.stdout
+    # tanh(x @ w) has nothing to gain: the original function comes back, and says so.
+    assert "returned the original function affine unchanged" in result.stdout
 
     result = runner.invoke(
         app, ["optimize", target, "--args", "f32[8,4]", "--args", "f32[4,3]", "--json"]
@@ -75,8 +76,8 @@ def test_optimize_prints_report_and_source(user_file):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["report"]["function"] == "affine"
-    assert payload["report"]["verified"] is True
-    assert payload["source"].startswith("def affine")
+    assert payload["report"]["verified"] is True and payload["report"]["status"] == "unchanged"
+    assert payload["source"].startswith("# superopt returned the original function affine")
 
 
 def test_cache_ls_and_clear(user_file):
