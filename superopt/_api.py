@@ -6,8 +6,8 @@ that ran before still runs afterwards and computes the same thing. Anything supe
 cannot handle (a search error, a codegen error, a candidate that fails verification, a
 program the IR cannot carry) makes it fall back to the original function, with the reason
 in the report. So does a search that finds nothing better: what comes back unchanged is the
-original function itself. Only bad *input* is an error: something
-that is not callable, or example arguments the function cannot be traced with.
+original function itself. Only bad *input* is an error: something that is not callable, or
+example arguments the function cannot be traced with.
 """
 
 from __future__ import annotations
