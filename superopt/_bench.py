@@ -2,9 +2,11 @@
 
 Each case of `examples/` (a module with `CASE = (fn, make_args)`) is optimized with no
 timing inside `optimize` (`budget=0`: the cost model alone picks), then `jax.jit` of the
-original and the optimized callable are timed side by side in this process with
-`superopt.time_callables` (interleaved rounds, warmed up, blocked on, medians). Timings
-are only comparable within one run on one machine.
+original, the optimized callable and a second `jax.jit` of the original are timed side by
+side in this process with `superopt.time_callables` (interleaved rounds, warmed up, blocked
+on, medians). The two `jax.jit` copies run the same code, so their ratio (the "A/A" ratio)
+is what this machine's noise alone makes of a speedup. Timings are only comparable within
+one run on one machine.
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ class BenchRow:
     - `predicted_ms`: the cost model's predicted milliseconds for the winner, if any.
     - `target`: the speedup issue 5 asks of this case (`FLOOR` where it names none).
     - `rounds`: how many timed calls each median is over.
-    - `spread`: the larger interquartile range over median of the two timings.
+    - `spread`: the largest interquartile range over median of the timings.
+    - `aa_ratio`: the first `jax.jit` copy's median over the second's, timed in the same
+      rounds: a speedup that identical code shows here (1.0 on a quiet machine).
     """
 
     name: str
@@ -85,6 +89,7 @@ class BenchRow:
     target: float = FLOOR
     rounds: int = 0
     spread: float = 0.0
+    aa_ratio: float = 1.0
 
     @property
     def met(self) -> bool:
@@ -140,7 +145,7 @@ def bench_case(
     # (batched_loop: ~0.2 ms a call) gets up to 2,000 rounds rather than stopping at 50
     # with most of its budget unspent.
     times = superopt.time_callables(
-        {"jit": jax.jit(fn), "superopt": opt},
+        {"jit": jax.jit(fn), "superopt": opt, "jit_again": jax.jit(fn)},
         tuple(args),
         budget_s=budget_s,
         min_rounds=10,
@@ -159,7 +164,8 @@ def bench_case(
         predicted_ms=None if report.predicted_s is None else report.predicted_s * 1e3,
         target=TARGETS.get(name, FLOOR),
         rounds=times["jit"].n,
-        spread=max(times["jit"].spread, times["superopt"].spread),
+        spread=max(t.spread for t in times.values()),
+        aa_ratio=superopt.speedup(times["jit"], times["jit_again"]),
     )
 
 
@@ -221,14 +227,15 @@ def run_bench(
 def table(rows: list[BenchRow], cost_model: Any = "learned") -> Any:
     """The rows as a rich `Table`, with the geometric-mean speedup as its last row.
 
-    The `target` column is the speedup issue 5 asks for, marked `ok` or `MISS`.
+    The `target` column is the speedup issue 5 asks for, marked `ok` or `MISS`; the `A/A`
+    column is the same ratio between two `jax.jit` copies of the original (noise alone).
     """
     from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"superopt bench ({jax.default_backend()}, cost model {cost_model})")
     t.add_column("case", no_wrap=True)
-    for column in ("jax.jit ms", "superopt ms", "speedup", "target", "optimize s"):
+    for column in ("jax.jit ms", "superopt ms", "speedup", "A/A", "target", "optimize s"):
         t.add_column(column, justify="right")
     t.add_column("verified")
     t.add_column("rewrites")
@@ -238,6 +245,7 @@ def table(rows: list[BenchRow], cost_model: Any = "learned") -> Any:
             f"{r.jit_ms:.3f}",
             f"{r.superopt_ms:.3f}",
             f"{r.speedup:.2f}x",
+            f"{r.aa_ratio:.2f}x",
             f"{'>=' if r.target > FLOOR else 'floor'} {r.target:g}x {'ok' if r.met else 'MISS'}",
             f"{r.optimize_s:.2f}",
             "yes" if r.verified else "no",
@@ -247,5 +255,7 @@ def table(rows: list[BenchRow], cost_model: Any = "learned") -> Any:
     t.add_section()
     missed = sum(not r.met for r in rows)
     summary = f"{missed} missed" if missed else "all met"
-    t.add_row("geomean", "", "", f"{geomean(r.speedup for r in rows):.2f}x", summary, "", "", "")
+    t.add_row(
+        "geomean", "", "", f"{geomean(r.speedup for r in rows):.2f}x", "", summary, "", "", ""
+    )
     return t

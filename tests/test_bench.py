@@ -38,12 +38,15 @@ def test_run_bench_one_case_table_and_json(capsys):
     assert row.jit_ms > 0 and row.superopt_ms > 0 and row.optimize_s > 0
     assert row.target == TARGETS["sum_of_product"] == 10.0
     assert row.rounds >= 10 and row.spread >= 0
+    # Two jax.jit copies of one function: their ratio is noise around 1, never a speedup.
+    assert 0.5 < row.aa_ratio < 2.0
     assert printed  # a rich table
     rows = run_bench(["sum_of_product"], budget_s=0.05, cost_model="flops", as_json=True)
     data = json.loads(capsys.readouterr().out)
     (jrow,) = data["rows"]
     assert jrow["name"] == "sum_of_product" and jrow["verified"]
-    assert set(jrow) >= {"jit_ms", "superopt_ms", "speedup", "optimize_s", "rewrites", "target"}
+    keys = {"jit_ms", "superopt_ms", "speedup", "aa_ratio", "optimize_s", "rewrites", "target"}
+    assert set(jrow) >= keys
     assert jrow["met"] == rows[0].met and data["all_met"] == rows[0].met
     assert data["geomean_speedup"] == pytest.approx(rows[0].speedup)
     assert data["cost_model"] == "flops"
@@ -74,13 +77,15 @@ def test_table_marks_misses_and_geomean():
     rows = [
         BenchRow("matrix_chain", 10.0, 0.4, 25.0, 1.0, ("dot_assoc",), True, "optimized",
                  target=20.0),
-        BenchRow("mlp", 1.0, 1.1, 0.9, 1.0, ("flash_attention[block=256]",), True, "optimized"),
+        BenchRow("mlp", 1.0, 1.1, 0.9, 1.0, ("flash_attention[block=256]",), True, "optimized",
+                 aa_ratio=0.93),
     ]  # fmt: skip
     assert rows[0].met and not rows[1].met and rows[1].target == FLOOR
     console = Console(width=200, record=True)
     console.print(table(rows, "learned"))
     text = console.export_text()
     assert ">= 20x ok" in text and "floor 0.95x MISS" in text and "1 missed" in text
+    assert "A/A" in text and "0.93x" in text
     assert f"{geomean([25.0, 0.9]):.2f}x" in text
     assert "flash_attention[block=256]" in text  # the chosen tile size is shown
 
