@@ -443,15 +443,17 @@ def _rebuild(
     program = _tune.load_program(cached.get("program"), traced.program)
     if program is None:
         return None
+    unchanged = program.canonical_key() == traced.program.canonical_key()
     try:
         report = Report.from_dict(cached["report"])
-        source = render(program, _identifier(name))
-        flat = to_callable(program, _identifier(name))
+        if not unchanged:
+            source = render(program, _identifier(name))
+            flat = to_callable(program, _identifier(name))
     except Exception:
         return None  # a stale or damaged entry costs a search, never a wrong answer
     phases["cache"] = time.perf_counter() - start
     report = report.replace(function=name, cached=True, phase_s=dict(phases))
-    if program.canonical_key() == traced.program.canonical_key():
+    if unchanged:
         # Stored "nothing better": the original function, as `optimize` returns it.
         return Optimized(fn, traced, None, reference_call, report, _original_source(name))
     call = _pytree_call(flat, traced, name, report.candidate)
