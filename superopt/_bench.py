@@ -22,6 +22,7 @@ from typing import Any
 import jax
 
 from ._errors import SuperoptError
+from ._measure import steady_allocator
 
 # The benchmark cases: example module names, in the order of the table. The first five
 # are the rewrite cases of issue 3; the rest are whole programs a user writes.
@@ -75,6 +76,9 @@ class BenchRow:
     - `spread`: the largest interquartile range over median of the timings.
     - `aa_ratio`: the first `jax.jit` copy's median over the second's, timed in the same
       rounds: a speedup that identical code shows here (1.0 on a quiet machine).
+    - `jit_faults`, `superopt_faults`: median minor page faults per call of each (`None`
+      where the platform does not count them): a program whose buffers are mapped afresh
+      every call pays the operating system for each page.
     """
 
     name: str
@@ -90,6 +94,8 @@ class BenchRow:
     rounds: int = 0
     spread: float = 0.0
     aa_ratio: float = 1.0
+    jit_faults: float | None = None
+    superopt_faults: float | None = None
 
     @property
     def met(self) -> bool:
@@ -166,6 +172,8 @@ def bench_case(
         rounds=times["jit"].n,
         spread=max(t.spread for t in times.values()),
         aa_ratio=superopt.speedup(times["jit"], times["jit_again"]),
+        jit_faults=times["jit"].faults_per_call,
+        superopt_faults=times["superopt"].faults_per_call,
     )
 
 
@@ -202,6 +210,7 @@ def run_bench(
     for name in names:
         if name not in CASES:
             raise SuperoptError(_UNKNOWN_MSG.format(name=name, known=", ".join(CASES)))
+    steady_allocator()
     rows = []
     for name in names:
         fn, make_args = load_case(name)

@@ -35,7 +35,7 @@ from costmodel.features import TILE_PARAMS, GraphArrays, featurize_program
 
 from ._codegen import to_callable
 from ._families import FAMILIES, Spec
-from ._measure import Timing, timed_rounds
+from ._measure import Timing, steady_allocator, timed_rounds
 from ._trace import trace
 from .ir import Node, Params, Program
 
@@ -426,11 +426,14 @@ def _measure_all(
     label: str,
 ) -> CollectStats:
     """Measure each `(program_id, family, seed)` of `pending` and `store` its rows (in one
-    transaction per program), with a progress bar and a time limit."""
+    transaction per program), with a progress bar and a time limit. The process's
+    allocator is made steady first (`superopt.steady_allocator`), so that a program's
+    timings do not depend on the programs measured before it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from costmodel.train import device_info
 
+    steady_allocator()
     info, versions = device_info(), _versions()
     start = time.perf_counter()
     measured = errors = finished = 0

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import subprocess
+import sys
 import time
 
 import jax
@@ -105,6 +110,8 @@ def test_timing_summary_and_speedup():
     assert speedup(fast, timing) == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
         Timing.from_samples([])
+    assert timing.faults_per_call is None
+    assert Timing.from_samples([1.0, 2.0, 3.0], faults=[0, 4096, 4100]).faults_per_call == 4096
 
 
 def test_bad_round_limits_are_rejected():
@@ -119,3 +126,40 @@ def test_pytree_arguments_and_outputs():
     args = ({"a": jnp.ones((3, 3)), "b": [jnp.float32(2.0)]},)
     timings = superopt.time_callables({"f": f}, args, min_rounds=2, max_rounds=2)
     assert timings["f"].n == 2 and timings["f"].median_s > 0
+
+
+_FRESH_BUFFERS = """
+import json, jax.numpy as jnp, superopt
+x = jnp.ones((4096, 1024), jnp.float32)
+f = lambda x: x * 2.0 + 1.0  # a 16 MiB output, every call
+time = lambda: superopt.time_callables({"f": f}, (x,), min_rounds=5, max_rounds=5)["f"]
+before = time().faults_per_call
+pinned = superopt.steady_allocator()
+print(json.dumps([before, pinned, time().faults_per_call]))
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
+)
+def test_page_faults_are_counted_and_a_steady_allocator_reuses_large_buffers():
+    # glibc told to map every block of 1 MiB or more afresh: the state a process can be
+    # left in by what it allocated before, here made certain.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    out = subprocess.run(
+        [sys.executable, "-c", _FRESH_BUFFERS], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    before, pinned, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before >= 4096  # every 4 KiB page of the output faulted in, every call
+    assert pinned is True
+    assert after < 64  # the output's memory is reused from call to call
+
+
+def test_faults_are_counted_in_process():
+    timings = superopt.time_callables({"f": lambda x: x + 1}, (jnp.ones(8),), max_rounds=5)
+    faults = timings["f"].faults_per_call
+    if platform.system() == "Windows":
+        assert faults is None
+    else:
+        assert faults is not None and 0 <= faults < 16  # nothing new to map for 8 floats
