@@ -22,7 +22,6 @@ from ._errors import UnsupportedPrimitiveError as UnsupportedPrimitiveError
 from ._errors import VerificationError as VerificationError
 from ._measure import Timing as Timing
 from ._measure import speedup as speedup
-from ._measure import steady_allocator as steady_allocator
 from ._measure import time_callables as time_callables
 from ._predict import RuntimePrediction as RuntimePrediction
 from ._predict import predict_runtime as predict_runtime

@@ -22,7 +22,6 @@ from typing import Any
 import jax
 
 from ._errors import SuperoptError
-from ._measure import steady_allocator
 
 # The benchmark cases: example module names, in the order of the table. The first five
 # are the rewrite cases of issue 3; the rest are whole programs a user writes.
@@ -210,7 +209,6 @@ def run_bench(
     for name in names:
         if name not in CASES:
             raise SuperoptError(_UNKNOWN_MSG.format(name=name, known=", ".join(CASES)))
-    steady_allocator()
     rows = []
     for name in names:
         fn, make_args = load_case(name)

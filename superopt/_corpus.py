@@ -35,7 +35,7 @@ from costmodel.features import TILE_PARAMS, GraphArrays, featurize_program
 
 from ._codegen import to_callable
 from ._families import FAMILIES, Spec
-from ._measure import Timing, steady_allocator, timed_rounds
+from ._measure import Timing, timed_rounds
 from ._trace import trace
 from .ir import Node, Params, Program
 
@@ -48,12 +48,12 @@ CREATE TABLE IF NOT EXISTS variants (
     program_id TEXT, variant_id TEXT, family TEXT, tile_group TEXT,
     node_opcode BLOB, node_feat BLOB, edge_index BLOB, config_feat BLOB, xla_cost BLOB,
     median_s REAL, p25_s REAL, p75_s REAL, spread REAL, n INTEGER,
-    backend TEXT, device_kind TEXT, versions TEXT, executable TEXT DEFAULT '',
+    backend TEXT, device_kind TEXT, versions TEXT, executable TEXT DEFAULT '', faults REAL,
     PRIMARY KEY (program_id, variant_id)
 );
 CREATE TABLE IF NOT EXISTS repeats (
     program_id TEXT, variant_id TEXT, median_s REAL, spread REAL, n INTEGER, executable TEXT,
-    PRIMARY KEY (program_id, variant_id)
+    faults REAL, PRIMARY KEY (program_id, variant_id)
 );
 """
 
@@ -61,14 +61,14 @@ CREATE TABLE IF NOT EXISTS repeats (
 _VARIANT_COLUMNS = (
     "program_id", "variant_id", "family", "tile_group", "node_opcode", "node_feat",
     "edge_index", "config_feat", "xla_cost", "median_s", "p25_s", "p75_s", "spread", "n",
-    "backend", "device_kind", "versions", "executable",
+    "backend", "device_kind", "versions", "executable", "faults",
 )  # fmt: skip
 _ROW = {name: i for i, name in enumerate(_VARIANT_COLUMNS)}
 _INSERT_VARIANT = (
     f"INSERT OR REPLACE INTO variants ({', '.join(_VARIANT_COLUMNS)}) "
     f"VALUES ({','.join('?' * len(_VARIANT_COLUMNS))})"
 )
-_REPEAT_COLUMNS = ("program_id", "variant_id", "median_s", "spread", "n", "executable")
+_REPEAT_COLUMNS = ("program_id", "variant_id", "median_s", "spread", "n", "executable", "faults")
 
 # ------------------------------------------------------------------ variants
 
@@ -213,6 +213,7 @@ def _time_group(
             first[keys[-1]] = len(compiled)
             compiled.append(exe)
             jax.block_until_ready(exe(*args))  # the warm-up call
+    faults: list[list[int]] = [[] for _ in compiled]
     samples = timed_rounds(
         compiled,
         args,
@@ -220,8 +221,9 @@ def _time_group(
         max_rounds=max_rounds,
         budget_s=budget_s,
         target_error=target_error,
+        faults=faults,
     )
-    timed = [Timing.from_samples(s) for s in samples]
+    timed = [Timing.from_samples(s, f) for s, f in zip(samples, faults)]
     return GroupTiming([timed[first[k]] for k in keys], costs, keys)
 
 
@@ -249,6 +251,10 @@ def _connect(db_path: str | Path) -> sqlite3.Connection:
     if "executable" not in columns:  # a store written before executables were keyed
         with con:
             con.execute("ALTER TABLE variants ADD COLUMN executable TEXT DEFAULT ''")
+    for table in ("variants", "repeats"):  # stores written before page faults were counted
+        if "faults" not in {row[1] for row in con.execute(f"PRAGMA table_info({table})")}:
+            with con:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN faults REAL")
     return con
 
 
@@ -426,14 +432,11 @@ def _measure_all(
     label: str,
 ) -> CollectStats:
     """Measure each `(program_id, family, seed)` of `pending` and `store` its rows (in one
-    transaction per program), with a progress bar and a time limit. The process's
-    allocator is made steady first (`superopt.steady_allocator`), so that a program's
-    timings do not depend on the programs measured before it."""
+    transaction per program), with a progress bar and a time limit."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from costmodel.train import device_info
 
-    steady_allocator()
     info, versions = device_info(), _versions()
     start = time.perf_counter()
     measured = errors = finished = 0
@@ -492,7 +495,7 @@ def _measure_program(
             _blob(g.edge_index.astype(np.int32)), _blob(g.config_feat.astype(np.float32)),
             _blob(g.xla_cost.astype(np.float32)),
             t.median_s, t.p25_s, t.p75_s, t.spread, t.n,
-            info["backend"], info["device_kind"], versions, key,
+            info["backend"], info["device_kind"], versions, key, t.faults_per_call,
         ))  # fmt: skip
     return rows
 

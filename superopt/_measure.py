@@ -6,16 +6,15 @@ from round to round, so that drift in the machine (frequency scaling, other load
 all of them alike. Results are blocked on, and summarised by medians and quartiles. Timings
 are only ever meant to be compared within one call, on one machine.
 
-Each timed call's minor page faults are counted too. A buffer that the allocator maps
-fresh for every call costs the operating system a fault per 4 KiB page the call writes,
-which on Linux can be several times the kernel's own time for outputs of 16 MiB and more;
-whether it happens depends on the allocator's history in the process (see
-`steady_allocator`).
+Each timed call's minor page faults are counted too (`Timing.faults_per_call`). A buffer
+mapped fresh for every call costs the operating system a fault per 4 KiB page the call
+writes: on Linux, for outputs of 16 MiB and more, that can take several times as long as
+the computation, and whether a process's calls pay it depends on what the process ran
+before.
 """
 
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,48 +66,6 @@ class Timing:
         spread = (p75 - p25) / median if median > 0 else 0.0
         per_call = float(np.median(faults)) if faults is not None and len(faults) else None
         return cls(median, p25, p75, float(arr.min()), int(arr.size), spread, per_call)
-
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-# The largest mmap threshold glibc accepts on 64-bit machines (half its 64 MiB heap size),
-# and the one its dynamic threshold stops growing at.
-_MMAP_THRESHOLD_MAX = 32 << 20
-
-
-def steady_allocator() -> bool:
-    """Fix the C allocator's thresholds for this process, so that timings of programs with
-    large buffers do not depend on what the process allocated before.
-
-    By default glibc serves a large allocation with a fresh `mmap`, and raises that
-    threshold as large blocks are freed (up to 32 MiB), and gives free memory at the top of
-    its heap back to the system past a threshold that moves with it. So whether a call's
-    16 MiB output lands in memory the process already touched, or in fresh pages the
-    system must fault in and zero (4,096 faults, several milliseconds on a 2-core VM), is
-    an accident of the process's history: the same program measured in two processes can
-    differ by a factor of five. This sets the mmap threshold to glibc's maximum (32 MiB)
-    and stops trimming, which is where a long-running process's dynamic thresholds tend
-    to settle: buffers under 32 MiB are reused, larger ones are mapped afresh each call,
-    in every process alike.
-
-    It changes the allocator of the whole process, for good, so superopt calls it only in
-    its own measurement jobs (`superopt collect`, `superopt bench`), never inside
-    `optimize`. Measuring a whole user program, the user decides.
-
-    **Returns:** whether the thresholds were set (`False` off glibc, e.g. on macOS, Windows
-    or musl, where nothing is changed).
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    # mallopt returns 1 on success; musl's is a stub returning 0.
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    )
 
 
 def _minor_faults() -> int:
@@ -194,10 +151,7 @@ def time_callables(
         budget_s=budget_s,
         faults=faults,
     )
-    return {
-        name: Timing.from_samples(s, f if resource is not None else None)
-        for name, s, f in zip(names, samples, faults)
-    }
+    return {name: Timing.from_samples(s, f) for name, s, f in zip(names, samples, faults)}
 
 
 # A median of n normal samples has a standard error of 1.2533 sigma / sqrt(n), and sigma is
@@ -217,7 +171,8 @@ def timed_rounds(
 ) -> list[list[float]]:
     """The seconds of every timed call of each of `fns` on `args` (already compiled and
     warmed up), in rounds. With `faults` (one list per function), each call's minor page
-    faults are appended to it as well (counted outside the timed span).
+    faults are appended to it as well, where the platform counts them (outside the timed
+    span).
 
     A round calls every function once, rotating the order each round, and blocks on each
     result. Rounds stop after `max_rounds`, or once the timed calls have used `budget_s`
@@ -238,7 +193,7 @@ def timed_rounds(
             start = clock()
             jax.block_until_ready(fn(*args))
             elapsed = clock() - start
-            if faults is not None:
+            if faults is not None and resource is not None:
                 faults[i].append(_minor_faults() - faulted)
             samples[i].append(elapsed)
             spent += elapsed

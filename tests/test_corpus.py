@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 
 import numpy as np
 import pytest
@@ -146,10 +147,17 @@ def test_a_store_written_before_executable_keys_is_upgraded_in_place(tmp_path):
                 "spread REAL, n INTEGER, backend TEXT, device_kind TEXT, versions TEXT, "
                 "PRIMARY KEY (program_id, variant_id))")  # fmt: skip
     con.execute("INSERT INTO variants (program_id, variant_id, median_s) VALUES ('p', 'v', 1.0)")
+    con.execute(
+        "CREATE TABLE repeats (program_id TEXT, variant_id TEXT, median_s REAL, "
+        "spread REAL, n INTEGER, executable TEXT, PRIMARY KEY (program_id, variant_id))"
+    )
     con.commit()
     con.close()
     con = _connect(db)
-    assert con.execute("SELECT median_s, executable FROM variants").fetchall() == [(1.0, "")]
+    assert con.execute("SELECT median_s, executable, faults FROM variants").fetchall() == [
+        (1.0, "", None)
+    ]
+    assert con.execute("SELECT faults FROM repeats").fetchall() == []
     con.close()
 
 
@@ -186,8 +194,15 @@ def test_collect_stores_resumes_and_exports(tmp_path):
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     n_rows = con.execute("SELECT COUNT(*) FROM variants").fetchone()[0]
     keys = con.execute("SELECT program_id, executable FROM variants").fetchall()
+    faults = [f for (f,) in con.execute("SELECT faults FROM variants")]
     con.close()
     assert all(len(key) == 16 for _, key in keys)
+    # Each variant's median page faults per call (where the platform counts them).
+    assert (
+        all(f is None for f in faults)
+        if sys.platform == "win32"
+        else all(f is not None and f >= 0 for f in faults)
+    )
     dataset = export(db, tmp_path / "ds.npz")
     assert len(dataset) == n_rows and dataset.meta["backend"] == "cpu"
     assert dataset.summary()["executables"] == len(set(keys))
@@ -214,6 +229,9 @@ def test_remeasure_times_stored_programs_again_once_and_export_carries_it(tmp_pa
     assert np.isnan(export(db).repeat_s).all()
     stats = remeasure(db, families=["reduction"], budget_s=0.01, progress=False)
     assert stats.programs_done == stats.programs_total == 1 and stats.errors == 0
+    with sqlite3.connect(db) as con:
+        counted = con.execute("SELECT COUNT(*) FROM repeats WHERE faults IS NOT NULL").fetchone()
+    assert counted[0] > 0 or sys.platform == "win32"
     assert remeasure(db, families=["reduction"], progress=False).programs_total == 0
     dataset = export(db)
     again = dataset.family == "reduction"

@@ -132,28 +132,23 @@ _FRESH_BUFFERS = """
 import json, jax.numpy as jnp, superopt
 x = jnp.ones((4096, 1024), jnp.float32)
 f = lambda x: x * 2.0 + 1.0  # a 16 MiB output, every call
-time = lambda: superopt.time_callables({"f": f}, (x,), min_rounds=5, max_rounds=5)["f"]
-before = time().faults_per_call
-pinned = superopt.steady_allocator()
-print(json.dumps([before, pinned, time().faults_per_call]))
+t = superopt.time_callables({"f": f}, (x,), min_rounds=5, max_rounds=5)["f"]
+print(json.dumps(t.faults_per_call))
 """
 
 
 @pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
 )
-def test_page_faults_are_counted_and_a_steady_allocator_reuses_large_buffers():
-    # glibc told to map every block of 1 MiB or more afresh: the state a process can be
-    # left in by what it allocated before, here made certain.
+def test_page_faults_of_buffers_mapped_afresh_every_call_are_counted():
+    # glibc told to map every block of 1 MiB or more afresh (and unmap it when freed): each
+    # call's 16 MiB output is then 4,096 new pages for the system to fault in.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     out = subprocess.run(
         [sys.executable, "-c", _FRESH_BUFFERS], env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    before, pinned, after = json.loads(out.stdout.strip().splitlines()[-1])
-    assert before >= 4096  # every 4 KiB page of the output faulted in, every call
-    assert pinned is True
-    assert after < 64  # the output's memory is reused from call to call
+    assert json.loads(out.stdout.strip().splitlines()[-1]) >= 4096
 
 
 def test_faults_are_counted_in_process():
