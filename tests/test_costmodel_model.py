@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,6 +137,28 @@ def test_training_on_the_mean_of_runs_fits_those_labels_and_records_the_dataset(
                   config=dataclasses.replace(config, mean_of_runs=False, steps=2))  # fmt: skip
     plain_ratio = plain.baseline.score_programs(ds.graphs(idx)) / ds.runtime_s[idx]
     assert np.median(ratio) > np.median(plain_ratio)
+
+
+def test_hidden_opcodes_train_the_unknown_embedding_alone(tiny_dataset):
+    from costmodel.features import UNKNOWN
+
+    # No weight decay, so that a row without gradient stays exactly where it started.
+    config = TrainConfig(width=8, embed_dim=4, num_layers=1, batch_graphs=8, steps=5,
+                         eval_every=5, weight_decay=0.0, ensemble=1)  # fmt: skip
+    start = GraphModel(8, 4, 1, key=jax.random.PRNGKey(config.seed)).embed.weight
+    used = np.unique(np.concatenate([g.node_opcode for g in tiny_dataset.graphs(range(8))]))
+    used = used[used != UNKNOWN]
+
+    def moved(dropout):
+        net = train(tiny_dataset, test_families=("d",), progress=False,
+                    config=dataclasses.replace(config, opcode_dropout=dropout)).model.network
+        return np.abs(np.asarray(net.embed.weight - start)).max(axis=1)
+
+    # Every opcode hidden: only the UNKNOWN row learns. None hidden: the ops' own rows do.
+    everything = moved(1.0)
+    assert everything[UNKNOWN] > 0 and (everything[used] == 0).all()
+    nothing = moved(0.0)
+    assert (nothing[used] > 0).all() and nothing[UNKNOWN] == 0
 
 
 def test_bad_checkpoints_raise_weights_error(tiny_dataset, tmp_path):
