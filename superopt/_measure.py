@@ -185,15 +185,16 @@ def timed_rounds(
     clock = time.perf_counter
     spent, rounds = 0.0, 0
     order = list(range(len(fns)))
+    counting = faults is not None and resource is not None
     while rounds < max_rounds:
         offset = rounds % len(order)
         for i in order[offset:] + order[:offset]:
             fn = fns[i]
-            faulted = _minor_faults()
+            faulted = _minor_faults() if counting else 0
             start = clock()
             jax.block_until_ready(fn(*args))
             elapsed = clock() - start
-            if faults is not None and resource is not None:
+            if counting:
                 faults[i].append(_minor_faults() - faulted)
             samples[i].append(elapsed)
             spent += elapsed

@@ -115,8 +115,6 @@ def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
 def test_training_on_the_mean_of_runs_fits_those_labels_and_records_the_dataset(
     tiny_dataset, tmp_path
 ):
-    import dataclasses
-
     from costmodel.train import read_metadata
 
     # A second run that measured family "a" 4x slower: the labels of "a" double.
