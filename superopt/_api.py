@@ -220,7 +220,7 @@ def optimize(
         with _open_cache(cache_dir) as store:
             record = store.record_key(f"{program_key}:{digest}")
             cached = store.get_result(record)
-        hit = _rebuild(cached, fn, reference_call, traced, name, phases, start)
+        hit = _rebuild(cached, fn, reference_call, traced, ref_key, name, phases, start)
         if hit is not None:
             return hit
 
@@ -433,17 +433,19 @@ def _rebuild(
     fn: Callable[..., Any],
     reference_call: Callable[..., Any],
     traced: Traced,
+    ref_key: str,
     name: str,
     phases: dict[str, float],
     start: float,
 ) -> Optimized | None:
-    """The stored winner rebuilt against the new trace, or `None` (a cache miss)."""
+    """The stored winner rebuilt against the new trace (whose canonical key is `ref_key`),
+    or `None` (a cache miss)."""
     if not cached:
         return None
     program = _tune.load_program(cached.get("program"), traced.program)
     if program is None:
         return None
-    unchanged = program.canonical_key() == traced.program.canonical_key()
+    unchanged = program.canonical_key() == ref_key
     try:
         report = Report.from_dict(cached["report"])
         if not unchanged:
