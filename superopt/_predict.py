@@ -171,6 +171,8 @@ def predict_runtime(
       raising `WeightsError`.
 
     **Returns:** a `RuntimePrediction`: the seconds as a float, with `.model` and `.note`.
+    The note also names control flow (`while`, `scan`, `cond`) whose inner computation
+    the trace keeps opaque: the models do not see the work inside it.
     """
     from costmodel.analytical import xla_cost
     from costmodel.features import featurize_program
@@ -179,4 +181,31 @@ def predict_runtime(
     program = trace(fn, *args, static_argnums=static_argnums).program
     graph = featurize_program(program, xla_cost(program))
     seconds = float(cost_model.score_programs([graph])[0])
+    hidden = _hidden_computations(program)
+    if hidden:
+        counts = ", ".join(f"{prim} x{k}" if k > 1 else prim for prim, k in hidden.items())
+        note = "; ".join(filter(None, (note, (
+            f"the program calls {counts}, whose inner computation the model does not see "
+            "(only its inputs and outputs): the work inside is left out of this "
+            "prediction, so the real time can be far longer"
+        ))))  # fmt: skip
     return RuntimePrediction(seconds, name, note)
+
+
+def _hidden_computations(program: Any) -> dict[str, int]:
+    """Primitives of `program` that run a computation of their own the trace keeps opaque
+    (`while`, `scan`, `cond`, ...): name -> how many such calls."""
+    import jax.extend.core as jcore
+
+    def holds_jaxpr(value: Any) -> bool:
+        if isinstance(value, (jcore.ClosedJaxpr, jcore.Jaxpr)):
+            return True
+        return isinstance(value, (tuple, list)) and any(map(holds_jaxpr, value))
+
+    found: dict[str, int] = {}
+    for node in program.nodes():
+        if node.op == "opaque":
+            eqn = node.params["eqn"]
+            if any(holds_jaxpr(v) for v in eqn.params.values()):
+                found[eqn.primitive.name] = found.get(eqn.primitive.name, 0) + 1
+    return found

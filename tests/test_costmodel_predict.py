@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -32,6 +33,21 @@ def test_shipped_weights_predict_a_positive_time():
     assert seconds.model == "learned" and 0 < seconds < 10 and seconds.note == ""
     analytical = superopt.predict_runtime(f, *ARGS, model="analytical")
     assert analytical.model == "analytical" and 0 < analytical < 10
+
+
+def test_a_prediction_says_which_loops_it_cannot_see_into():
+    def rnn(h, w, xs):
+        return jax.lax.scan(lambda h, x: (jnp.tanh(h @ w + x), None), h, xs)[0]
+
+    def twice(h, w, xs):
+        return rnn(rnn(h, w, xs), w, xs)
+
+    args = (jnp.ones((8, 16)), jnp.ones((16, 16)), jnp.ones((5, 8, 16)))
+    for model in ("learned", "analytical"):
+        seconds = superopt.predict_runtime(rnn, *args, model=model)
+        assert seconds > 0 and "calls scan, whose inner computation" in seconds.note
+        assert "left out of this prediction" in seconds.note
+    assert "calls scan x2, whose" in superopt.predict_runtime(twice, *args).note
 
 
 def test_bigger_work_is_predicted_slower_by_the_analytical_model():
