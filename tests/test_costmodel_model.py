@@ -112,29 +112,51 @@ def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
     assert shares.shape == (g.num_nodes,) and np.isfinite(shares).all() and (shares > 0).all()
 
 
-def test_training_on_the_mean_of_runs_fits_those_labels_and_records_the_dataset(
-    tiny_dataset, tmp_path
-):
+def test_training_on_the_runs_fits_those_labels_and_records_the_dataset(tiny_dataset, tmp_path):
     from costmodel.train import read_metadata
 
-    # A second run that measured family "a" 4x slower: the labels of "a" double.
-    repeat = np.where(tiny_dataset.family == "a", 4.0 * tiny_dataset.runtime_s, np.nan)
-    ds = dataclasses.replace(tiny_dataset, repeat_s=repeat)
-    mean = ds.runtime_of_runs()
-    a = ds.family == "a"
-    assert np.allclose(mean[a], 2.0 * ds.runtime_s[a]) and (mean[~a] == ds.runtime_s[~a]).all()
-    config = TrainConfig(width=16, embed_dim=4, num_layers=2, batch_graphs=8, steps=60,
-                         eval_every=20, patience=10, learning_rate=5e-3, ensemble=1,
-                         mean_of_runs=True)  # fmt: skip
-    result = train(ds, test_families=("d",), config=config, out=tmp_path, progress=False)
+    # A second run that measured family "a" 4x slower and family "b" 4x faster.
+    factor = np.select(
+        [tiny_dataset.family == "a", tiny_dataset.family == "b"], [4.0, 0.25], np.nan
+    )
+    ds = dataclasses.replace(tiny_dataset, repeat_s=factor * tiny_dataset.runtime_s)
+    a, b = ds.family == "a", ds.family == "b"
+    first = ds.runtime_s
+    mean, fastest = ds.runtime_of_runs("mean"), ds.runtime_of_runs("min")
+    assert np.allclose(mean[a], 2.0 * first[a]) and np.allclose(mean[b], 0.5 * first[b])
+    assert np.allclose(fastest[a], first[a]) and np.allclose(fastest[b], 0.25 * first[b])
+    assert (mean[~(a | b)] == first[~(a | b)]).all() and (
+        fastest[~(a | b)] == first[~(a | b)]
+    ).all()
+    with pytest.raises(ValueError, match="'mean' or 'min'"):
+        ds.runtime_of_runs("median")
+    with pytest.raises(ValueError, match="run_labels is 'first', 'mean' or 'min'"):
+        TrainConfig(run_labels="max")
+
+    config = TrainConfig(width=16, embed_dim=4, num_layers=2, batch_graphs=8, steps=2,
+                         eval_every=2, learning_rate=5e-3, ensemble=1)  # fmt: skip
+    train(ds, test_families=("d",), config=config, out=tmp_path, progress=False)
     assert read_metadata(tmp_path)["dataset_hash"] == ds.content_hash()
-    # The fitted roofline saw the doubled labels: it predicts "a" slower than the first run.
-    idx = np.flatnonzero(a)
-    ratio = result.baseline.score_programs(ds.graphs(idx)) / ds.runtime_s[idx]
-    plain = train(tiny_dataset, test_families=("d",), progress=False,
-                  config=dataclasses.replace(config, mean_of_runs=False, steps=2))  # fmt: skip
-    plain_ratio = plain.baseline.score_programs(ds.graphs(idx)) / ds.runtime_s[idx]
-    assert np.median(ratio) > np.median(plain_ratio)
+
+    # The fitted roofline sees the labels: against family "a"'s first run, it predicts "a"
+    # slower when "a"'s labels doubled (the mean of a 4x slower second run), and faster
+    # when they were quartered (the faster of the first and a 4x faster second run).
+    def ratio(dataset, labels):
+        cfg = dataclasses.replace(config, run_labels=labels)
+        fit = train(dataset, test_families=("d",), progress=False, config=cfg).baseline
+        return np.median(fit.score_programs(dataset.graphs(np.flatnonzero(a))) / first[a])
+
+    only_a = np.where(a, 1.0, np.nan)
+    slower = dataclasses.replace(ds, repeat_s=4.0 * only_a * first)
+    faster = dataclasses.replace(ds, repeat_s=0.25 * only_a * first)
+    assert ratio(slower, "mean") > ratio(slower, "first")
+    assert ratio(faster, "min") < ratio(faster, "first")
+
+
+def test_checkpoints_from_before_run_labels_load_with_the_labels_they_trained_on():
+    assert TrainConfig.from_json({"mean_of_runs": True}).run_labels == "mean"
+    assert TrainConfig.from_json({"mean_of_runs": False}).run_labels == "first"
+    assert TrainConfig.from_json({"run_labels": "min"}).run_labels == "min"
 
 
 def test_hidden_opcodes_train_the_unknown_embedding_alone(tiny_dataset):
@@ -148,8 +170,12 @@ def test_hidden_opcodes_train_the_unknown_embedding_alone(tiny_dataset):
     used = used[used != UNKNOWN]
 
     def moved(dropout):
-        net = train(tiny_dataset, test_families=("d",), progress=False,
-                    config=dataclasses.replace(config, opcode_dropout=dropout)).model.network
+        net = train(
+            tiny_dataset,
+            test_families=("d",),
+            progress=False,
+            config=dataclasses.replace(config, opcode_dropout=dropout),
+        ).model.network
         return np.abs(np.asarray(net.embed.weight - start)).max(axis=1)
 
     # Every opcode hidden: only the UNKNOWN row learns. None hidden: the ops' own rows do.
