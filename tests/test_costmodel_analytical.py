@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import superopt
 from costmodel.analytical import (
@@ -50,6 +53,52 @@ def test_roofline_grows_with_work_and_counts_fusions():
         _graph(lambda x: jnp.tanh(jnp.exp(x) * 2.0 + 1.0) - x, (1024,), xla=False), CALIB
     )
     assert chain[TERM_NAMES.index("kernels")] == 1
+
+
+def test_xla_bytes_count_only_for_programs_without_loops():
+    import dataclasses
+
+    import optax
+
+    def xent(h, w, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(h @ w, labels).mean()
+
+    args = (jnp.ones((8, 16)), jnp.ones((16, 512)), jnp.zeros(8, jnp.int32))
+    chunked = {}
+    for v in superopt.variants(xent, *args, limit=40):
+        for node in v.program.nodes():
+            if node.op == "chunked_xent":
+                chunked[node.params["chunk"]] = featurize_program(v.program)
+    assert len(chunked) >= 2
+    plain = featurize_program(superopt.trace(xent, *args).program)
+    total = TERM_NAMES.index("sum")
+
+    def with_xla_bytes(graph, nbytes):
+        return dataclasses.replace(graph, xla_cost=np.asarray([0.0, 0.0, nbytes], np.float32))
+
+    # A gigabyte that XLA says the loop-free program moves is 1e9 / bandwidth seconds.
+    assert program_terms(with_xla_bytes(plain, 1e9), CALIB)[total] >= 1e9 / CALIB.bandwidth
+    # XLA counts one trip of a loop body: a chunked program keeps the graph's estimate,
+    # which differs between chunk sizes, whatever XLA says.
+    for graph in chunked.values():
+        own = program_terms(graph, CALIB)[total]
+        assert program_terms(with_xla_bytes(graph, 1e9), CALIB)[total] == own
+    assert len({program_terms(g, CALIB)[total] for g in chunked.values()}) > 1
+    # Bases of earlier weights took the larger of the two, and a model read back from JSON
+    # written before `loop_bytes` existed keeps doing so.
+    graph = next(iter(chunked.values()))
+    larger = program_terms(with_xla_bytes(graph, 1e9), CALIB, "larger")[total]
+    assert larger >= 1e9 / CALIB.bandwidth
+    model = AnalyticalCostModel(CALIB, loop_bytes="larger")
+    assert AnalyticalCostModel.from_json(model.to_json()).loop_bytes == "larger"
+    assert AnalyticalCostModel.from_json(AnalyticalCostModel(CALIB).to_json()).loop_bytes == (
+        "estimate"
+    )
+    legacy = {"calibration": json.loads(model.to_json())["calibration"], "coef": [1.0] * 6}
+    assert AnalyticalCostModel.from_json(json.dumps(legacy)).loop_bytes == "larger"
+    assert model.scaled(2.0).loop_bytes == "larger"
+    with pytest.raises(ValueError, match="loop_bytes is one of"):
+        AnalyticalCostModel(CALIB, loop_bytes="xla")
 
 
 def test_fit_recovers_nonnegative_coefficients():

@@ -99,6 +99,10 @@ def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
                    progress=False)  # fmt: skip
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < losses[0]
+    # The baseline counts a loop's bytes as the graph estimates them; the network's base
+    # as `config.base_loop_bytes` says.
+    assert result.baseline.loop_bytes == "estimate"
+    assert result.model.base.loop_bytes == config.base_loop_bytes == "larger"
     best = min(h["val_loss"] for h in result.history)
     line = result.summary()
     assert line.startswith("trained 1 network in ") and f"{best:.4f}" in line
