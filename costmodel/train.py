@@ -29,6 +29,7 @@ import optax
 
 from superopt.ir import SuperoptError
 
+from .analytical import LOOP_BYTES
 from .dataset import Dataset, split_by_family
 from .features import FEATURE_INDEX, NUM_FEATURES, OPCODES, UNKNOWN
 from .model import Batch, GraphModel, LearnedCostModel, bucket, pack
@@ -122,9 +123,9 @@ class TrainConfig:
         object.__setattr__(self, "val_families", tuple(self.val_families))
         if self.run_labels not in ("first", "mean", "min"):
             raise ValueError(f"run_labels is 'first', 'mean' or 'min', not {self.run_labels!r}")
-        if self.base_loop_bytes not in ("estimate", "larger"):
+        if self.base_loop_bytes not in LOOP_BYTES:
             raise ValueError(
-                f"base_loop_bytes is 'estimate' or 'larger', not {self.base_loop_bytes!r}"
+                f"base_loop_bytes is one of {LOOP_BYTES}, not {self.base_loop_bytes!r}"
             )
 
     @classmethod

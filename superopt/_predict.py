@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.extend.core as jcore
 
 from ._trace import trace
 
@@ -195,7 +196,6 @@ def predict_runtime(
 def _hidden_computations(program: Any) -> dict[str, int]:
     """Primitives of `program` that run a computation of their own the trace keeps opaque
     (`while`, `scan`, `cond`, ...): name -> how many such calls."""
-    import jax.extend.core as jcore
 
     def holds_jaxpr(value: Any) -> bool:
         if isinstance(value, (jcore.ClosedJaxpr, jcore.Jaxpr)):
