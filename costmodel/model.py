@@ -34,6 +34,8 @@ from .features import (
     NUM_CONFIG,
     NUM_FEATURES,
     NUM_OPCODES,
+    OPCODES,
+    UNKNOWN,
     GraphArrays,
     NodeSignature,
     featurize_signatures,
@@ -290,6 +292,11 @@ def _encode(network: GraphModel, opcode: Array, feat: Array) -> Array:
     return network.encode(opcode, feat)[1]
 
 
+# An ensemble spread (`LearnedCostModel.spread`) above this marks a prediction as uncertain.
+# The shipped networks never exceed it on their validation families.
+UNCERTAIN_SPREAD = 0.10
+
+
 class LearnedCostModel(AbstractCostModel):
     """The trained graph network with the normalization it was trained under.
 
@@ -301,6 +308,8 @@ class LearnedCostModel(AbstractCostModel):
     - `base`: a model whose prediction the network corrects (`None` for none).
     - `members`: further networks trained like `network` from other initializations; the
       prediction is the mean of all networks' log seconds (an ensemble).
+    - `trained_opcodes`: the ops of the programs the networks were trained on (`None`:
+      not recorded). Any other op keeps the embedding it was initialized with.
     """
 
     network: GraphModel
@@ -310,6 +319,7 @@ class LearnedCostModel(AbstractCostModel):
     batch_graphs: int = eqx.field(static=True, default=32)
     base: AbstractCostModel | None = None
     members: tuple[GraphModel, ...] = ()
+    trained_opcodes: tuple[str, ...] | None = eqx.field(static=True, default=None)
 
     @property
     def networks(self) -> tuple[GraphModel, ...]:
@@ -322,8 +332,20 @@ class LearnedCostModel(AbstractCostModel):
             return None
         return np.log(np.maximum(self.base.score_programs(graphs), 1e-12)) - self.log_offset
 
-    def score_programs(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
-        out = np.zeros(len(graphs))
+    def untrained_opcodes(self, graph: GraphArrays) -> list[str]:
+        """The ops of `graph` that no training program had (their embeddings are the
+        random ones the networks started from, so each network guesses their cost
+        differently); `[]` when the training ops were not recorded."""
+        if self.trained_opcodes is None:
+            return []
+        seen = set(self.trained_opcodes)
+        ids = np.unique(graph.node_opcode)
+        return [OPCODES[i] for i in ids if i != UNKNOWN and OPCODES[i] not in seen]
+
+    def member_log_seconds(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
+        """Each network's prediction, in log seconds minus `log_offset`
+        (`float32[networks, len(graphs)]`)."""
+        out = np.zeros((len(self.networks), len(graphs)), np.float32)
         mean, std = np.asarray(self.feat_mean), np.asarray(self.feat_std)
         for i in range(0, len(graphs), self.batch_graphs):
             chunk = graphs[i : i + self.batch_graphs]
@@ -334,9 +356,24 @@ class LearnedCostModel(AbstractCostModel):
                 feat_std=std,
                 base_log=self.base_log(chunk),
             )
-            log_s = np.mean([np.asarray(_forward(net, batch)[0]) for net in self.networks], 0)
-            out[i : i + len(chunk)] = log_s[: len(chunk)]
-        return np.exp(out + self.log_offset)
+            for k, net in enumerate(self.networks):
+                out[k, i : i + len(chunk)] = np.asarray(_forward(net, batch)[0])[: len(chunk)]
+        return out
+
+    def score_programs(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
+        return np.exp(self.member_log_seconds(graphs).mean(0).astype(np.float64) + self.log_offset)
+
+    def spread(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
+        """How much the ensemble's networks disagree on each program: the standard
+        deviation of their log predictions, as a relative factor (`exp(std) - 1`; 0.1 is
+        about +-10%). NaN for a single network, which has no one to disagree with.
+
+        A program unlike those in training gets a wide spread: on the validation families
+        it stays under `UNCERTAIN_SPREAD`, and on held-out families the predictions above
+        it were the worst (the README has the numbers)."""
+        if len(self.networks) < 2:
+            return np.full(len(graphs), np.nan)
+        return np.expm1(self.member_log_seconds(graphs).astype(np.float64).std(0))
 
     def score_nodes(
         self, node_opcode: Int[np.ndarray, " n"], node_feat: Float[np.ndarray, "n feat"]

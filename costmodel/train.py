@@ -314,7 +314,11 @@ def train(
             f"no training records: the dataset has families {dataset.families()} and "
             f"{list(test_families)} are held out; collect more families"
         )
-    feats = np.concatenate([g.node_feat for g in dataset.graphs(train_idx)])
+    train_graphs = dataset.graphs(train_idx)
+    feats = np.concatenate([g.node_feat for g in train_graphs])
+    # Ops outside these keep their initial embeddings (`LearnedCostModel.untrained_opcodes`).
+    opcodes = np.unique(np.concatenate([g.node_opcode for g in train_graphs]))
+    trained_opcodes = tuple(OPCODES[i] for i in opcodes)
     mean = feats.mean(0).astype(np.float32)
     std = (feats.std(0) + 1e-3).astype(np.float32)
     log_t = np.log(dataset.runtime_s[train_idx])
@@ -390,7 +394,14 @@ def train(
         if deadline is not None and time.perf_counter() > deadline:
             break
     model = LearnedCostModel(
-        networks[0], mean, std, offset, config.batch_graphs, base, tuple(networks[1:])
+        networks[0],
+        mean,
+        std,
+        offset,
+        config.batch_graphs,
+        base,
+        tuple(networks[1:]),
+        trained_opcodes,
     )
     result = TrainResult(
         model,
@@ -518,6 +529,7 @@ def save_checkpoint(
         "base": model.base.to_json() if model.base is not None else None,
         "num_features": NUM_FEATURES,
         "num_opcodes": len(OPCODES),
+        "trained_opcodes": model.trained_opcodes,
         "dataset_hash": dataset.content_hash() if dataset is not None else None,
         "dataset_summary": dataset.summary() if dataset is not None else None,
         "dataset_meta": dataset.meta if dataset is not None else None,
@@ -562,6 +574,12 @@ def load_checkpoint(path: str | Path, backend: str | None = None) -> LearnedCost
         meta = json.loads(meta_path.read_text())
         cfg = TrainConfig.from_json(meta["config"])
         offset = float(meta["log_offset"])
+        # Absent from weights written before it was recorded.
+        trained_opcodes = meta.get("trained_opcodes")
+        if trained_opcodes is not None:
+            if not isinstance(trained_opcodes, list):
+                raise ValueError(f"trained_opcodes is not a list: {trained_opcodes!r}")
+            trained_opcodes = tuple(str(name) for name in trained_opcodes)
         base = None
         if meta.get("base"):
             from .analytical import AnalyticalCostModel
@@ -604,6 +622,7 @@ def load_checkpoint(path: str | Path, backend: str | None = None) -> LearnedCost
         cfg.batch_graphs,
         base,
         tuple(blank() for _ in range(max(1, cfg.ensemble) - 1)),
+        trained_opcodes,
     )
     try:
         return eqx.tree_deserialise_leaves(leaves_path, skeleton)

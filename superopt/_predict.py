@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,20 +24,26 @@ _MODEL_MSG = (
 
 
 class RuntimePrediction(float):
-    """Predicted seconds (a `float`), with the model that made the prediction and a note
-    (for instance why the learned model was not used)."""
+    """Predicted seconds (a `float`), with the model that made the prediction, how much
+    the learned model's networks disagree on it (`spread`, a relative factor; NaN for
+    other models), and a note (for instance why the learned model was not used)."""
 
     model: str
     note: str
+    spread: float
 
-    def __new__(cls, seconds: float, model: str, note: str = "") -> RuntimePrediction:
+    def __new__(
+        cls, seconds: float, model: str, note: str = "", spread: float = float("nan")
+    ) -> RuntimePrediction:
         self = super().__new__(cls, seconds)
         self.model = model
         self.note = note
+        self.spread = float(spread)
         return self
 
     def __repr__(self) -> str:
-        extra = f", note={self.note!r}" if self.note else ""
+        extra = "" if math.isnan(self.spread) else f", spread={self.spread:.3f}"
+        extra += f", note={self.note!r}" if self.note else ""
         return f"RuntimePrediction({float(self)!r} s, model={self.model!r}{extra})"
 
 
@@ -171,26 +178,47 @@ def predict_runtime(
       predict with the analytical model (the result's `.note` says why) instead of
       raising `WeightsError`.
 
-    **Returns:** a `RuntimePrediction`: the seconds as a float, with `.model` and `.note`.
-    The note also names control flow (`while`, `scan`, `cond`) whose inner computation
-    the trace keeps opaque: the models do not see the work inside it.
+    **Returns:** a `RuntimePrediction`: the seconds as a float, with `.model`, `.spread`
+    and `.note`. The note names control flow (`while`, `scan`, `cond`) whose inner
+    computation the trace keeps opaque (the models do not see the work inside it), ops
+    that no training program of the learned model had, and says when its networks
+    disagree by more than `costmodel.model.UNCERTAIN_SPREAD` (a program unlike those
+    they were trained on).
     """
     from costmodel.analytical import xla_cost
     from costmodel.features import featurize_program
+    from costmodel.model import UNCERTAIN_SPREAD, LearnedCostModel
 
     cost_model, name, note = resolve_model(model, weights, fallback)
     program = trace(fn, *args, static_argnums=static_argnums).program
     graph = featurize_program(program, xla_cost(program))
     seconds = float(cost_model.score_programs([graph])[0])
+    notes = [note]
+    spread = float("nan")
+    if isinstance(cost_model, LearnedCostModel):
+        spread = float(cost_model.spread([graph])[0])
+        untrained = cost_model.untrained_opcodes(graph)
+        if untrained:
+            notes.append(
+                f"no program the learned model was trained on has {', '.join(untrained)}: "
+                f"{'its' if len(untrained) == 1 else 'their'} cost is a guess"
+            )
+        if spread > UNCERTAIN_SPREAD:
+            notes.append(
+                f"the learned model's networks disagree on this program (spread "
+                f"{spread:.0%}, above the {UNCERTAIN_SPREAD:.0%} they stay within on the "
+                "programs they were validated on): it is unlike what they were trained "
+                "on, so treat the time as rough"
+            )
     hidden = _hidden_computations(program)
     if hidden:
         counts = ", ".join(f"{prim} x{k}" if k > 1 else prim for prim, k in hidden.items())
-        note = "; ".join(filter(None, (note, (
+        notes.append(
             f"the program calls {counts}, whose inner computation the model does not see "
             "(only its inputs and outputs): the work inside is left out of this "
             "prediction, so the real time can be far longer"
-        ))))  # fmt: skip
-    return RuntimePrediction(seconds, name, note)
+        )
+    return RuntimePrediction(seconds, name, "; ".join(filter(None, notes)), spread)
 
 
 def _hidden_computations(program: Any) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 
 import superopt
 from costmodel.dataset import Dataset, Record, split_by_family
-from costmodel.features import NUM_FEATURES, featurize_program, featurize_signatures
+from costmodel.features import NUM_FEATURES, OPCODES, featurize_program, featurize_signatures
 from costmodel.model import GraphModel, LearnedCostModel, bucket, pack
 from costmodel.train import TrainConfig, WeightsError, load_checkpoint, save_checkpoint, train
 from superopt.ir import node_cost
@@ -204,6 +205,11 @@ def test_bad_checkpoints_raise_weights_error(tiny_dataset, tmp_path):
     assert load_checkpoint(tmp_path, backend="cpu").log_offset == 0.0
     with pytest.raises(WeightsError, match="backend 'cpu'"):
         load_checkpoint(tmp_path, backend="tpu")
+    meta = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**meta, "trained_opcodes": "sin"}))
+    with pytest.raises(WeightsError, match="trained_opcodes is not a list"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps(meta))
     (tmp_path / "model.eqx").write_bytes(b"not weights")
     with pytest.raises(WeightsError, match="corrupt"):
         load_checkpoint(tmp_path)
@@ -249,9 +255,19 @@ def test_ensemble_averages_members_in_log_space_and_round_trips(tiny_dataset, tm
     # geometric mean of their predictions.
     assert not np.allclose(alone[0], alone[1])
     assert np.allclose(np.log(model.score_programs(graphs)), alone.mean(0), atol=1e-5)
+    # Their disagreement is the spread: the standard deviation of their log predictions.
+    spread = model.spread(graphs)
+    assert np.allclose(spread, np.expm1(alone.std(0)), atol=1e-4) and (spread > 0).all()
+    assert np.isnan(singles[0].spread(graphs)).all()  # one network disagrees with no one
     loaded = load_checkpoint(tmp_path, backend="cpu")
     assert len(loaded.networks) == 2
     assert np.allclose(loaded.score_programs(graphs), model.score_programs(graphs))
+    # The ops of the training programs are recorded; another op is named as untrained.
+    trained = {OPCODES[i] for g in tiny_dataset.graphs(result.train_idx) for i in g.node_opcode}
+    assert set(model.trained_opcodes) == trained and loaded.trained_opcodes == model.trained_opcodes
+    sin = featurize_program(superopt.trace(lambda x: jnp.sin(x) @ x, jnp.ones((4, 4))).program)
+    assert loaded.untrained_opcodes(sin) == ["sin"] and loaded.untrained_opcodes(graphs[0]) == []
+    assert singles[0].trained_opcodes is None and singles[0].untrained_opcodes(sin) == []
     g = graphs[0]
     assert np.allclose(
         loaded.score_nodes(g.node_opcode, g.node_feat),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import jax
@@ -48,6 +49,19 @@ def test_a_prediction_says_which_loops_it_cannot_see_into():
         assert seconds > 0 and "calls scan, whose inner computation" in seconds.note
         assert "left out of this prediction" in seconds.note
     assert "calls scan x2, whose" in superopt.predict_runtime(twice, *args).note
+
+
+def test_a_prediction_says_when_the_learned_model_is_on_unfamiliar_ground():
+    # No training program has erf: its embedding is each network's random start, so the
+    # three networks disagree. A tanh matmul is familiar.
+    familiar = superopt.predict_runtime(f, *ARGS)
+    assert familiar.spread < 0.1 and familiar.note == ""
+    erf = superopt.predict_runtime(lambda x: jax.scipy.special.erf(x).sum(0), jnp.ones((512, 256)))
+    assert "trained on has erf: its cost is a guess" in erf.note
+    assert erf.spread > 0.1 and "networks disagree on this program" in erf.note
+    assert f"spread={erf.spread:.3f}" in repr(erf)
+    analytical = superopt.predict_runtime(f, *ARGS, model="analytical")
+    assert math.isnan(analytical.spread) and "spread" not in repr(analytical)
 
 
 def test_bigger_work_is_predicted_slower_by_the_analytical_model():

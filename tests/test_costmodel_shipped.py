@@ -11,6 +11,7 @@ import pytest
 
 from costmodel.dataset import Dataset, split_by_family
 from costmodel.evaluate import DEFAULT_TEST_FAMILIES, SECOND_RUN, evaluate, task_metrics
+from costmodel.features import OPCODES
 from costmodel.train import WEIGHTS_DIR, load_checkpoint, read_metadata
 
 DATA = Path(__file__).parent.parent / "costmodel" / "data" / "corpus-cpu.npz"
@@ -59,6 +60,12 @@ def test_shipped_weights_were_trained_on_the_shipped_dataset(shipped):
     assert meta["dataset_hash"] == shipped.content_hash()
     assert tuple(meta["test_families"]) == DEFAULT_TEST_FAMILIES
     assert json.loads(meta["base"])["coef"]  # the fitted roofline it corrects
+    # The ops it was trained on are those of the training split's programs.
+    config = meta["config"]
+    train_idx, _, _ = split_by_family(shipped, DEFAULT_TEST_FAMILIES, seed=config["seed"],
+                                      val_families=config["val_families"])  # fmt: skip
+    opcodes = np.unique(np.concatenate([g.node_opcode for g in shipped.graphs(train_idx)]))
+    assert meta["trained_opcodes"] == [OPCODES[i] for i in opcodes]
 
 
 def test_shipped_model_ranks_held_out_tiles(shipped):
