@@ -436,3 +436,31 @@ def rerank(
     )
     order = np.argsort(seconds, kind="stable")
     return [(float(seconds[i]), found[i][1], found[i][2]) for i in order]
+
+
+def model_doubts(cost_model: NodeCostModel, programs: Sequence[Program]) -> str:
+    """A sentence on why a learned model's ranking of `programs` (the candidates that
+    matter: its pick and the reference) is rough, or `""`: ops no training program had,
+    or networks that disagree by more than `costmodel.model.UNCERTAIN_SPREAD`."""
+    if not isinstance(cost_model, CostModelNodes) or not programs:
+        return ""
+    from costmodel.features import featurize_program
+    from costmodel.model import UNCERTAIN_SPREAD, LearnedCostModel
+
+    model = cost_model.model
+    if not isinstance(model, LearnedCostModel):
+        return ""
+    graphs = [featurize_program(p) for p in programs]
+    untrained = sorted({op for g in graphs for op in model.untrained_opcodes(g)})
+    spread = float(np.max(model.spread(graphs), initial=0.0))  # NaN for one network
+    doubts = []
+    if untrained:
+        doubts.append(f"has not learned the cost of {', '.join(untrained)}")
+    if spread > UNCERTAIN_SPREAD:
+        doubts.append(f"has networks that disagree by {spread:.0%} here")
+    if not doubts:
+        return ""
+    return (
+        f"the learned cost model {' and '.join(doubts)}, so its ranking is rough: timing "
+        "candidates (budget > 0) settles it"
+    )

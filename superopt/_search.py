@@ -27,6 +27,7 @@ from ._extract import (
     Extraction,
     alternatives,
     extract,
+    model_doubts,
     rerank,
     resolve_cost_model,
 )
@@ -697,4 +698,8 @@ def search(
     note = f"{len(candidates)} candidates; rules fired: " + (
         ", ".join(f"{n}×{k}" for n, k in sorted(matches.items())) or "none"
     )
-    return SearchResult(tuple(candidates), stats, note)
+    # With one candidate there is no ranking to doubt.
+    doubts = (
+        model_doubts(node_model, [candidates[0].program, program]) if len(candidates) > 1 else ""
+    )
+    return SearchResult(tuple(candidates), stats, f"{note}; {doubts}" if doubts else note)

@@ -151,3 +151,17 @@ def test_a_whole_program_model_reranks_the_extracted_candidates():
     best = search(program, cost_model=model).candidates[0]
     chunks = [n.params["chunk"] for n in best.program.nodes() if n.op == "chunked_xent"]
     assert chunks == [2048] and abs(best.predicted_s - 1.0) < 1e-5
+
+
+def test_a_learned_ranking_of_unfamiliar_programs_says_it_is_rough():
+    # No program the shipped networks were trained on has erf; with rewrites to rank, the
+    # search's note says so. The roofline has no such doubts, nor does the learned model
+    # on a matrix chain like those in training.
+    args = (jnp.ones((512, 512)), jnp.ones((512, 512)), jnp.ones((512, 4)))
+    erf = superopt.trace(lambda a, b, v: jax.scipy.special.erf((a @ b) @ v), *args).program
+    note = search(erf, cost_model="learned").note
+    assert "dot_assoc" in note and "has not learned the cost of erf" in note
+    assert "timing candidates (budget > 0) settles it" in note
+    assert "learned cost model" not in search(erf, cost_model="analytical").note
+    chain = superopt.trace(lambda a, b, v: (a @ b) @ v, *args).program
+    assert "learned cost model" not in search(chain, cost_model="learned").note
