@@ -43,6 +43,10 @@ _FIELDS = (
 _EXTRA_FIELDS = ("executable", "rounds", "repeat_s")
 
 
+# How `Dataset.runtime_of_runs` combines a record's two measurement runs.
+RUN_COMBINATIONS = ("mean", "min")
+
+
 class DatasetError(ValueError):
     """A dataset file that is missing, unreadable, or not a superopt dataset."""
 
@@ -169,7 +173,7 @@ class Dataset:
         """Each record's runtime over its measurement runs, where there is a second
         (`repeat_s`; else the first): their geometric mean (`how="mean"`) or the faster of
         the two (`how="min"`)."""
-        if how not in ("mean", "min"):
+        if how not in RUN_COMBINATIONS:
             raise ValueError(f"runs combine by 'mean' or 'min', not {how!r}")
         both = np.isfinite(self.repeat_s) & (self.repeat_s > 0)
         out = np.array(self.runtime_s, np.float64)

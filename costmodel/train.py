@@ -30,7 +30,7 @@ import optax
 from superopt.ir import SuperoptError
 
 from .analytical import LOOP_BYTES
-from .dataset import Dataset, split_by_family
+from .dataset import RUN_COMBINATIONS, Dataset, split_by_family
 from .features import FEATURE_INDEX, NUM_FEATURES, OPCODES, UNKNOWN
 from .model import Batch, GraphModel, LearnedCostModel, bucket, pack
 
@@ -121,7 +121,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # A config read back from a checkpoint's JSON has a list here.
         object.__setattr__(self, "val_families", tuple(self.val_families))
-        if self.run_labels not in ("first", "mean", "min"):
+        if self.run_labels not in ("first", *RUN_COMBINATIONS):
             raise ValueError(f"run_labels is 'first', 'mean' or 'min', not {self.run_labels!r}")
         if self.base_loop_bytes not in LOOP_BYTES:
             raise ValueError(
