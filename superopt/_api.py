@@ -57,10 +57,12 @@ class Optimized:
     Calling it takes the same arguments as the original (pytrees in and out, static
     arguments in the same positions) with the shapes and dtypes it was optimized for;
     other shapes raise `SignatureError`. The call is jitted and works under `jax.grad`,
-    `jax.vmap` and `jax.jit`. A rewritten program is differentiated as written: custom
-    differentiation rules of the original (`jax.custom_jvp`, `jax.custom_vjp`) are inlined
-    into it, so where such a rule picks a value (relu's gradient at exactly 0) its
-    derivative can differ. A function returned unchanged is the original, rules and all.
+    `jax.vmap` and `jax.jit`. A rewritten program keeps the custom differentiation rules
+    (`jax.custom_jvp`, `jax.custom_vjp`) of the original as calls that carry them, except
+    those JAX itself defines (`jax.nn.relu`, `jax.nn.silu`, ...), which are inlined so that
+    rewrites see through them: where such a rule picks a value (relu's gradient at exactly
+    0) the derivative can differ. A function returned unchanged is the original, rules and
+    all.
 
     **Attributes:**
 
@@ -303,7 +305,7 @@ def optimize(
     if not rewritten:
         # Nothing better than the traced program: hand back the original function itself.
         # The round trip computes the same values, but not always the same derivatives: it
-        # inlines `jax.custom_jvp`/`custom_vjp` rules (relu's gradient at 0 becomes 0.5).
+        # inlines JAX's own `jax.custom_jvp` rules (relu's gradient at 0 becomes 0.5).
         return Optimized(fn, traced, None, reference_call, report, _original_source(name))
     return Optimized(fn, traced, cand.program, flat_call, report, source)
 

@@ -1,8 +1,12 @@
 """Tracing: a JAX function and example arguments to an IR `Program`.
 
-`jax.make_jaxpr` gives the equations; nested `jit`/`pjit`/`closed_call` and the primal of
-`custom_jvp_call`/`custom_vjp_call` are inlined; every primitive the registry knows becomes
-an IR node; anything else becomes an opaque node carrying its equation verbatim.
+`jax.make_jaxpr` gives the equations; nested `jit`/`pjit`/`closed_call` are inlined, and so
+is the primal of a `custom_jvp_call`/`custom_vjp_call` whose rule JAX itself defines
+(`jax.nn.relu`, `jax.nn.silu`, ...: their derivatives are those of the primal except at
+isolated points). A rule defined anywhere else (the user's, a library's) stays an opaque
+node that carries it, so that a rewritten program differentiates as the original does: a
+straight-through estimator keeps its gradient. Every primitive the registry knows becomes an
+IR node; anything else becomes an opaque node carrying its equation verbatim.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -30,6 +35,23 @@ _INLINE = {
     "custom_vjp_call": "call_jaxpr",
     "custom_vjp_call_jaxpr": "fun_jaxpr",
 }
+# Of those, the ones that carry a differentiation rule: inlined only when JAX defines it.
+_CUSTOM_RULES = {"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"}
+_JAX_DIR = Path(jax.__file__).resolve().parent
+
+
+def _rule_is_jaxs(body: Any) -> bool:
+    """Whether the function under a custom rule is defined inside the `jax` package
+    (its jaxpr's debug info reads like `relu at .../jax/_src/nn/functions.py:71`)."""
+    jaxpr = body.jaxpr if isinstance(body, jcore.ClosedJaxpr) else body
+    where = getattr(getattr(jaxpr, "debug_info", None), "func_src_info", None) or ""
+    _, sep, location = where.rpartition(" at ")
+    if not sep:
+        return False
+    try:
+        return Path(location.rsplit(":", 1)[0]).resolve().is_relative_to(_JAX_DIR)
+    except (OSError, ValueError):
+        return False
 
 _NOT_ARRAY_MSG = (
     "argument {path} of type {kind} is not an array or a number. Pass arrays (or pytrees "
@@ -181,6 +203,8 @@ class _Builder:
         body_key = _INLINE.get(name)
         if body_key is not None and body_key in eqn.params:
             body = eqn.params[body_key]
+            if name in _CUSTOM_RULES and not _rule_is_jaxs(body):
+                return self.opaque(eqn, ins)
             if isinstance(body, jcore.ClosedJaxpr):
                 return self.convert(body.jaxpr, body.consts, ins)
             return self.convert(body, (), ins)

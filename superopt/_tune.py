@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,8 @@ _REFERENCE_LABEL = "jax.jit:{key}"
 
 # ---------------------------------------------------------------- keys
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
 
 def stable_key(program: Program) -> str:
     """A hash of `program` that is the same every time the same function is traced.
@@ -49,7 +52,8 @@ def stable_key(program: Program) -> str:
     `Program.canonical_key` names an opaque equation by a counter that grows with every
     trace, so two traces of one function never share it. Here an opaque equation is named
     by its primitive, its position among the program's opaque equations and the text of
-    its parameters instead.
+    its parameters instead, without memory addresses (a `custom_vjp_call` holds a fresh
+    closure on every trace).
 
     **Arguments:**
 
@@ -67,7 +71,8 @@ def stable_key(program: Program) -> str:
         if node.op == "opaque":
             eqn = node.params["eqn"]
             if id(eqn) not in opaque:
-                body = hashlib.sha256(repr(sorted(eqn.params.items())).encode()).hexdigest()
+                text = _ADDRESS.sub("", repr(sorted(eqn.params.items())))
+                body = hashlib.sha256(text.encode()).hexdigest()
                 opaque[id(eqn)] = f"opaque{len(opaque)}:{eqn.primitive.name}:{body[:16]}"
             params = f"{opaque[id(eqn)]};out_types={param_text(node.params['out_types'])}"
         else:

@@ -371,6 +371,31 @@ def test_an_unchanged_function_is_the_original_with_its_own_derivatives(tmp_path
             opt(jnp.ones(4))
 
 
+def test_a_rewritten_program_keeps_custom_differentiation_rules(tmp_path):
+    # A straight-through estimator: round forward, identity backward. The matrix chain is
+    # rewritten; the estimator's gradient survives, from a search and from the cache alike.
+    @jax.custom_vjp
+    def ste(x):
+        return jnp.round(x)
+
+    ste.defvjp(lambda x: (jnp.round(x), None), lambda _, g: (g,))
+
+    def loss(a, b, v, x):
+        return ((a @ b) @ v).sum() + (ste(x) * x).sum()
+
+    args = (_normal(0, 64, 64), _normal(1, 64, 64), _normal(2, 64, 4), _normal(3, 9))
+    expected = jax.grad(loss, argnums=(0, 3))(*args)
+    assert not np.allclose(expected[1], jnp.round(args[3]))  # what the primal alone gives
+    folder = str(tmp_path / "c")
+    for cached in (False, True):
+        opt = superopt.optimize(loss, *args, cost_model="flops", cache_dir=folder)
+        assert opt.report.status == "optimized" and opt.report.cached == cached
+        assert any("dot_assoc" in step.rule for step in opt.report.rewrites)
+        got = jax.grad(opt, argnums=(0, 3))(*args)
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got[1], expected[1], rtol=1e-5)
+
+
 def test_budget_zero_times_nothing(monkeypatch):
     def no_timing(*args, **kwargs):
         raise AssertionError("budget=0 must not time anything")

@@ -99,28 +99,43 @@ def test_nested_jit_is_inlined() -> None:
     _grad_matches(outer, jnp.linspace(-2, 2, 5))
 
 
-def test_custom_jvp_and_vjp_are_inlined() -> None:
-    @jax.custom_vjp
-    def softplus(x: jax.Array) -> jax.Array:
-        return jnp.logaddexp(x, 0.0)
-
-    def fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return softplus(x), x
-
-    def bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
-        return (g * jax.nn.sigmoid(x),)
-
-    softplus.defvjp(fwd, bwd)
-
-    def fn(x: jax.Array) -> jax.Array:
-        # jax.nn.relu and jax.nn.silu carry custom_jvp rules.
-        return softplus(x) + jax.nn.relu(x) * jax.nn.silu(x)
+def test_jaxs_own_custom_rules_are_inlined_and_others_kept_with_their_rules() -> None:
+    # jax.nn.relu and jax.nn.silu carry custom_jvp rules defined by JAX: their primals are
+    # inlined, so rewrites see through them.
+    def familiar(x: jax.Array) -> jax.Array:
+        return jax.nn.relu(x) * jax.nn.silu(x)
 
     x = jnp.linspace(-3, 3, 7) + 0.1
-    rt = roundtrip(fn, x)
+    rt = roundtrip(familiar, x)
     assert "opaque" not in rt.traced.program.count_ops()
+    assert_tree_allclose(rt(x), familiar(x))
+    _grad_matches(familiar, x)
+
+    # A straight-through estimator: round forward, identity backward. Its primal alone has
+    # a zero gradient, so it must stay a call that carries its rule; likewise a custom_jvp
+    # whose tangent is not the primal's derivative.
+    @jax.custom_vjp
+    def ste(x: jax.Array) -> jax.Array:
+        return jnp.round(x)
+
+    ste.defvjp(lambda x: (jnp.round(x), None), lambda _, g: (g,))
+
+    @jax.custom_jvp
+    def doubled(x: jax.Array) -> jax.Array:
+        return jnp.sin(x)
+
+    doubled.defjvp(lambda primals, tangents: (jnp.sin(primals[0]), 2.0 * tangents[0]))
+
+    def fn(x: jax.Array) -> jax.Array:
+        return ste(x) * jax.nn.relu(x) + doubled(x)
+
+    rt = roundtrip(fn, x)
+    counts = rt.traced.program.count_ops()
+    assert counts["opaque"] == 2 and counts["max"] == 1
     assert_tree_allclose(rt(x), fn(x))
     _grad_matches(fn, x)
+    expected = jax.nn.relu(x) + jnp.round(x) * (x > 0) + 2.0
+    assert_tree_allclose(jax.grad(lambda x: rt(x).sum())(x), expected, what="gradient")
 
 
 def _opaque_cases() -> list[tuple[str, Any, tuple[Any, ...], bool]]:

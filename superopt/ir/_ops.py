@@ -411,7 +411,9 @@ class OpaqueEqn:
         return f"opaque#{self.uid}:{self.primitive.name}"
 
     def __call__(self, *args: Any) -> tuple[Any, ...]:
-        out = self.primitive.bind(*args, **self.params)
+        # As `jax.core.eval_jaxpr` binds an equation: call primitives such as
+        # `custom_vjp_call` take their bodies as functions, not as the jaxprs in params.
+        out = self.primitive.bind(*args, **self.primitive.get_bind_params(self.params))
         return tuple(out) if self.multiple_results else (out,)
 
 
