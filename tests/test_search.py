@@ -110,7 +110,7 @@ def test_python_fusion_facts_and_shared_extraction():
 
 def test_rule_selection_errors_and_families():
     from superopt._errors import SearchError
-    from superopt._search import rule_families, select_rules
+    from superopt._rules import rule_families, select_rules
 
     families = rule_families()
     assert {"algebra", "fusion"} <= set(families)
