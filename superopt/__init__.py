@@ -1,9 +1,7 @@
 """superopt: an embedded superoptimizer for JAX."""
 
 from . import ir as ir
-from ._api import Jitted as Jitted
 from ._api import Optimized as Optimized
-from ._api import jit as jit
 from ._api import optimize as optimize
 from ._bench import BenchRow as BenchRow
 from ._bench import run_bench as run_bench
@@ -20,6 +18,8 @@ from ._errors import SuperoptError as SuperoptError
 from ._errors import TraceError as TraceError
 from ._errors import UnsupportedPrimitiveError as UnsupportedPrimitiveError
 from ._errors import VerificationError as VerificationError
+from ._jit import Jitted as Jitted
+from ._jit import jit as jit
 from ._measure import Timing as Timing
 from ._measure import speedup as speedup
 from ._measure import time_callables as time_callables

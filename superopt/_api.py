@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _cache, _tune, _verify
 from ._codegen import render, to_callable
-from ._errors import CacheError, SignatureError, TraceError
+from ._errors import CacheError, TraceError
 from ._report import Report, verdict_dict
 from ._search import Candidate, SearchResult, search
 from ._trace import ArgSpec, Traced, trace
@@ -42,12 +42,6 @@ VERIFY_BUDGET_S = 2.0
 _NOT_CALLABLE_MSG = (
     "superopt.optimize needs a function to optimize, got {kind} {value!r}. Pass the function "
     "itself, then its example arguments: `superopt.optimize(f, x, w)`."
-)
-
-_UNHASHABLE_STATIC_MSG = (
-    "static argument {index} ({value!r}) is not hashable, so @superopt.jit cannot key its "
-    "cache on it. Pass a hashable value (a tuple instead of a list, say), or call "
-    "`superopt.optimize(fn, *args, static_argnums=...)` directly."
 )
 
 
@@ -595,110 +589,3 @@ def _sentences(parts: Sequence[str]) -> str:
 
 def _original_source(name: str) -> str:
     return f"# superopt returned the original function {name} unchanged (see the report)\n"
-
-
-class Jitted:
-    """`@superopt.jit`: optimizes a function once per input signature, like `jax.jit`.
-
-    The signature is the pytree structure of the arguments, the shape and dtype of each
-    leaf, and the values of the static arguments. Each new signature runs
-    `superopt.optimize` on the first arguments that have it; later calls reuse the result.
-
-    **Arguments:**
-
-    - `fn`: the function to optimize.
-    - `**options`: keyword options of `superopt.optimize` (`static_argnums`, `budget`, ...).
-    """
-
-    def __init__(self, fn: Callable[..., Any], **options: Any):
-        if not callable(fn):
-            raise TraceError(_NOT_CALLABLE_MSG.format(kind=type(fn).__name__, value=fn))
-        static = options.get("static_argnums", ())
-        options["static_argnums"] = (static,) if isinstance(static, int) else tuple(static)
-        self._fn = fn
-        self._options = options
-        self._optimized: dict[Any, Optimized] = {}
-        try:
-            functools.update_wrapper(self, fn)
-        except (AttributeError, TypeError):
-            pass
-
-    @property
-    def optimized(self) -> dict[Any, Optimized]:
-        """The `Optimized` functions built so far, by signature."""
-        return dict(self._optimized)
-
-    def __call__(self, *args: Any) -> Any:
-        key, has_tracers = self._signature(args)
-        opt = self._optimized.get(key)
-        if opt is None:
-            examples = args
-            if has_tracers:
-                # Inside another transformation: optimize on concrete stand-ins of the same
-                # shapes, outside the enclosing trace, then call through with the tracers.
-                examples = tuple(_concrete_like(a, i in self._options["static_argnums"])
-                                 for i, a in enumerate(args))  # fmt: skip
-                with jax.ensure_compile_time_eval():
-                    opt = optimize(self._fn, *examples, **self._options)
-            else:
-                opt = optimize(self._fn, *examples, **self._options)
-            self._optimized[key] = opt
-        return opt(*args)
-
-    def _signature(self, args: tuple[Any, ...]) -> tuple[Any, bool]:
-        static = self._options["static_argnums"]
-        static_values = []
-        for i in static:
-            if i < len(args):
-                try:
-                    hash(args[i])
-                except TypeError as err:
-                    raise SignatureError(
-                        _UNHASHABLE_STATIC_MSG.format(index=i, value=args[i])
-                    ) from err
-                static_values.append((i, args[i]))
-        dynamic = [a for i, a in enumerate(args) if i not in static]
-        leaves, tree = jax.tree_util.tree_flatten(dynamic)
-        specs = tuple(
-            (tuple(np.shape(x)), str(jax.dtypes.canonicalize_dtype(jax.numpy.result_type(x))))
-            for x in leaves
-        )
-        has_tracers = any(isinstance(x, jax.core.Tracer) for x in leaves)
-        return (len(args), tree, specs, tuple(static_values)), has_tracers
-
-    def __repr__(self) -> str:
-        return f"<superopt.jit {_function_name(self._fn)}: {len(self._optimized)} signature(s)>"
-
-
-def _concrete_like(arg: Any, is_static: bool) -> Any:
-    if is_static:
-        return arg
-    rng = np.random.default_rng(0)
-
-    def leaf(x: Any) -> Any:
-        dtype = np.dtype(jax.dtypes.canonicalize_dtype(jax.numpy.result_type(x)))
-        shape = tuple(np.shape(x))
-        if np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.complexfloating):
-            return rng.standard_normal(shape).astype(dtype)
-        if dtype == np.bool_:
-            return rng.integers(0, 2, shape).astype(dtype)
-        return rng.integers(0, 8, shape).astype(dtype)
-
-    return jax.tree_util.tree_map(leaf, arg)
-
-
-def jit(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Optimize `fn` per input signature, like `jax.jit`.
-
-    Use as `@superopt.jit`, `@superopt.jit(budget=4)` or `superopt.jit(fn, **options)`.
-
-    **Arguments:**
-
-    - `fn`: the function; omit it to get a decorator with `options` bound.
-    - `**options`: keyword options of `superopt.optimize`.
-
-    **Returns:** a `Jitted` callable (or a decorator making one).
-    """
-    if fn is None:
-        return functools.partial(jit, **options)
-    return Jitted(fn, **options)
