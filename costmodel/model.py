@@ -334,7 +334,7 @@ class LearnedCostModel(AbstractCostModel):
 
     def untrained_opcodes(self, graph: GraphArrays) -> list[str]:
         """The ops of `graph` that no training program had (their embeddings are the
-        random ones the networks started from, so each network guesses their cost
+        random rows each network was initialized with, so each guesses their cost
         differently); `[]` when the training ops were not recorded."""
         if self.trained_opcodes is None:
             return []
