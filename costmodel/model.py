@@ -368,9 +368,9 @@ class LearnedCostModel(AbstractCostModel):
         deviation of their log predictions, as a relative factor (`exp(std) - 1`; 0.1 is
         about +-10%). NaN for a single network, which has no one to disagree with.
 
-        A program unlike those in training gets a wide spread: on the validation families
-        it stays under `UNCERTAIN_SPREAD`, and on held-out families the predictions above
-        it were the worst (the README has the numbers)."""
+        A program unlike those in training gets a wide spread: the shipped networks stay
+        under `UNCERTAIN_SPREAD` on their validation families, and on held-out families
+        their predictions above it were the worst (the README has the numbers)."""
         if len(self.networks) < 2:
             return np.full(len(graphs), np.nan)
         return np.expm1(self.member_log_seconds(graphs).astype(np.float64).std(0))

@@ -206,9 +206,8 @@ def predict_runtime(
         if spread > UNCERTAIN_SPREAD:
             notes.append(
                 f"the learned model's networks disagree on this program (spread "
-                f"{spread:.0%}, above the {UNCERTAIN_SPREAD:.0%} they stay within on the "
-                "programs they were validated on): it is unlike what they were trained "
-                "on, so treat the time as rough"
+                f"{spread:.0%}, above {UNCERTAIN_SPREAD:.0%}): it is unlike the programs "
+                "they were trained on, so treat the time as rough"
             )
     hidden = _hidden_computations(program)
     if hidden:
