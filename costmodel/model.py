@@ -361,7 +361,20 @@ class LearnedCostModel(AbstractCostModel):
         return out
 
     def score_programs(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
-        return np.exp(self.member_log_seconds(graphs).mean(0).astype(np.float64) + self.log_offset)
+        return self._seconds(self.member_log_seconds(graphs))
+
+    def score_with_spread(self, graphs: Sequence[GraphArrays]) -> tuple[np.ndarray, np.ndarray]:
+        """`score_programs` and `spread` of `graphs` from one pass of the networks."""
+        logs = self.member_log_seconds(graphs)
+        return self._seconds(logs), self._spread(logs)
+
+    def _seconds(self, logs: np.ndarray) -> np.ndarray:
+        return np.exp(logs.mean(0).astype(np.float64) + self.log_offset)
+
+    def _spread(self, logs: np.ndarray) -> np.ndarray:
+        if len(self.networks) < 2:
+            return np.full(logs.shape[1], np.nan)
+        return np.expm1(logs.astype(np.float64).std(0))
 
     def spread(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
         """How much the ensemble's networks disagree on each program: the standard
@@ -373,7 +386,7 @@ class LearnedCostModel(AbstractCostModel):
         their predictions above it were the worst (the README has the numbers)."""
         if len(self.networks) < 2:
             return np.full(len(graphs), np.nan)
-        return np.expm1(self.member_log_seconds(graphs).astype(np.float64).std(0))
+        return self._spread(self.member_log_seconds(graphs))
 
     def score_nodes(
         self, node_opcode: Int[np.ndarray, " n"], node_feat: Float[np.ndarray, "n feat"]

@@ -192,11 +192,11 @@ def predict_runtime(
     cost_model, name, note = resolve_model(model, weights, fallback)
     program = trace(fn, *args, static_argnums=static_argnums).program
     graph = featurize_program(program, xla_cost(program))
-    seconds = float(cost_model.score_programs([graph])[0])
     notes = [note]
     spread = float("nan")
     if isinstance(cost_model, LearnedCostModel):
-        spread = float(cost_model.spread([graph])[0])
+        seconds_a, spread_a = cost_model.score_with_spread([graph])
+        seconds, spread = float(seconds_a[0]), float(spread_a[0])
         untrained = cost_model.untrained_opcodes(graph)
         if untrained:
             notes.append(
@@ -209,6 +209,8 @@ def predict_runtime(
                 f"{spread:.0%}, above {UNCERTAIN_SPREAD:.0%}): it is unlike the programs "
                 "they were trained on, so treat the time as rough"
             )
+    else:
+        seconds = float(cost_model.score_programs([graph])[0])
     hidden = _hidden_computations(program)
     if hidden:
         counts = ", ".join(f"{prim} x{k}" if k > 1 else prim for prim, k in hidden.items())

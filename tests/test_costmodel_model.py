@@ -259,6 +259,9 @@ def test_ensemble_averages_members_in_log_space_and_round_trips(tiny_dataset, tm
     spread = model.spread(graphs)
     assert np.allclose(spread, np.expm1(alone.std(0)), atol=1e-4) and (spread > 0).all()
     assert np.isnan(singles[0].spread(graphs)).all()  # one network disagrees with no one
+    both = model.score_with_spread(graphs)  # the two from one pass of the networks
+    assert np.array_equal(both[0], model.score_programs(graphs))
+    assert np.array_equal(both[1], spread)
     loaded = load_checkpoint(tmp_path, backend="cpu")
     assert len(loaded.networks) == 2
     assert np.allclose(loaded.score_programs(graphs), model.score_programs(graphs))
