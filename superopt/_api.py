@@ -28,10 +28,12 @@ import numpy as np
 
 from . import _cache, _tune, _verify
 from ._codegen import render, to_callable
-from ._errors import CacheError, TraceError
+from ._errors import CacheError, SearchError, TraceError
+from ._extract import check_cost_model
 from ._report import Report, verdict_dict
+from ._rules import select_rules
 from ._search import Candidate, SearchResult, search
-from ._trace import ArgSpec, Traced, trace
+from ._trace import ArgSpec, Traced, static_positions, trace
 from .ir import Program
 
 # Verification of a candidate runs the user's inputs and at least one random input set,
@@ -82,7 +84,7 @@ class Optimized:
         self._report = report
         self._source = source
         try:
-            functools.update_wrapper(self, reference)
+            functools.update_wrapper(self, reference, updated=())
         except (AttributeError, TypeError):
             pass
 
@@ -164,15 +166,20 @@ def optimize(
     **Returns:** an `Optimized` callable; `.report` says what happened.
 
     **Raises:** `TraceError` if `fn` is not callable or cannot be traced with the example
-    arguments; `CacheError` if the tuning cache is unreadable; `ValueError` if `budget`
-    is not a whole number of candidates.
+    arguments, or `static_argnums` is out of range; `CacheError` if the tuning cache is
+    unreadable; `ValueError` if `budget` is not a whole number of candidates, or
+    `cost_model` or `rules` names an unknown model or rule; `TypeError` if `cost_model`
+    is not one.
     """
     if not callable(fn):
         raise TraceError(_NOT_CALLABLE_MSG.format(kind=type(fn).__name__, value=fn))
     budget = _check_budget(budget)
-    if isinstance(static_argnums, int):
-        static_argnums = (static_argnums,)
-    static_argnums = tuple(sorted(static_argnums))
+    check_cost_model(cost_model)
+    try:
+        select_rules(rules)
+    except SearchError as err:  # a misspelt rule name is bad input, not a failed search
+        raise ValueError(str(err)) from err
+    static_argnums = static_positions(static_argnums, len(example_args))
     name = _function_name(fn)
     reference_call = _verify.jit_static(fn, example_args, static_argnums)
     phases: dict[str, float] = {}
@@ -505,13 +512,7 @@ def _signature_of(args: tuple[Any, ...], static_argnums: tuple[int, ...]) -> Tra
     static = {i: args[i] for i in static_argnums if i < len(args)}
     dynamic = [a for i, a in enumerate(args) if i not in static]
     leaves, in_tree = jax.tree_util.tree_flatten(dynamic)
-    specs = tuple(
-        ArgSpec(
-            tuple(np.shape(leaf)),
-            np.dtype(jax.dtypes.canonicalize_dtype(jax.numpy.result_type(leaf))),
-        )
-        for leaf in leaves
-    )
+    specs = tuple(ArgSpec.of(leaf) for leaf in leaves)
     return Traced(Program((), ()), in_tree, None, specs, static_argnums, static)
 
 

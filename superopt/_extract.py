@@ -138,16 +138,30 @@ def resolve_cost_model(cost_model: Any) -> NodeCostModel:
 
     **Returns:** a `NodeCostModel`.
     """
+    check_cost_model(cost_model)
     if cost_model is None or cost_model == "flops":
         return FlopCostModel()
-    if isinstance(cost_model, str) and cost_model in ("learned", "analytical"):
+    if isinstance(cost_model, str):
         from ._predict import resolve_model
 
         return CostModelNodes(resolve_model(cost_model, fallback=True)[0])
-    if isinstance(cost_model, NodeCostModel) and not _is_costmodel(cost_model):
-        return cost_model
     if _is_costmodel(cost_model):
         return CostModelNodes(cost_model)
+    return cost_model
+
+
+def check_cost_model(cost_model: Any) -> None:
+    """Raise `ValueError` (an unknown name) or `TypeError` unless `cost_model` is something
+    `resolve_cost_model` takes (without loading any weights)."""
+    names = ("flops", "learned", "analytical")
+    if cost_model is None or (isinstance(cost_model, str) and cost_model in names):
+        return
+    if isinstance(cost_model, str):
+        raise ValueError(f"unknown cost_model {cost_model!r}: use one of {', '.join(names)}")
+    if not isinstance(cost_model, str) and (
+        isinstance(cost_model, NodeCostModel) or _is_costmodel(cost_model)
+    ):
+        return
     raise TypeError(
         f"cost_model {cost_model!r} is neither None, 'flops', 'learned', 'analytical', a "
         "costmodel.AbstractCostModel nor an object with a "

@@ -11,6 +11,7 @@ import numpy as np
 
 from ._api import _NOT_CALLABLE_MSG, Optimized, _function_name, optimize
 from ._errors import SignatureError, TraceError
+from ._trace import ArgSpec, static_positions
 
 _UNHASHABLE_STATIC_MSG = (
     "static argument {index} ({value!r}) is not hashable, so @superopt.jit cannot key its "
@@ -41,7 +42,7 @@ class Jitted:
         self._options = options
         self._optimized: dict[Any, Optimized] = {}
         try:
-            functools.update_wrapper(self, fn)
+            functools.update_wrapper(self, fn, updated=())
         except (AttributeError, TypeError):
             pass
 
@@ -51,15 +52,15 @@ class Jitted:
         return dict(self._optimized)
 
     def __call__(self, *args: Any) -> Any:
-        key, has_tracers = self._signature(args)
+        static = static_positions(self._options["static_argnums"], len(args))
+        key, has_tracers = self._signature(args, static)
         opt = self._optimized.get(key)
         if opt is None:
             examples = args
             if has_tracers:
                 # Inside another transformation: optimize on concrete stand-ins of the same
                 # shapes, outside the enclosing trace, then call through with the tracers.
-                examples = tuple(_concrete_like(a, i in self._options["static_argnums"])
-                                 for i, a in enumerate(args))  # fmt: skip
+                examples = tuple(_concrete_like(a, i in static) for i, a in enumerate(args))
                 with jax.ensure_compile_time_eval():
                     opt = optimize(self._fn, *examples, **self._options)
             else:
@@ -67,8 +68,7 @@ class Jitted:
             self._optimized[key] = opt
         return opt(*args)
 
-    def _signature(self, args: tuple[Any, ...]) -> tuple[Any, bool]:
-        static = self._options["static_argnums"]
+    def _signature(self, args: tuple[Any, ...], static: tuple[int, ...]) -> tuple[Any, bool]:
         static_values = []
         for i in static:
             if i < len(args):
@@ -81,10 +81,7 @@ class Jitted:
                 static_values.append((i, args[i]))
         dynamic = [a for i, a in enumerate(args) if i not in static]
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
-        specs = tuple(
-            (tuple(np.shape(x)), str(jax.dtypes.canonicalize_dtype(jax.numpy.result_type(x))))
-            for x in leaves
-        )
+        specs = tuple((spec.shape, str(spec.dtype), spec.weak) for spec in map(ArgSpec.of, leaves))
         has_tracers = any(isinstance(x, jax.core.Tracer) for x in leaves)
         return (len(args), tree, specs, tuple(static_values)), has_tracers
 
@@ -98,8 +95,11 @@ def _concrete_like(arg: Any, is_static: bool) -> Any:
     rng = np.random.default_rng(0)
 
     def leaf(x: Any) -> Any:
-        dtype = np.dtype(jax.dtypes.canonicalize_dtype(jax.numpy.result_type(x)))
-        shape = tuple(np.shape(x))
+        spec = ArgSpec.of(x)
+        dtype, shape = np.dtype(spec.dtype), spec.shape
+        if spec.weak and shape == ():
+            # A Python scalar of the same kind keeps the weak type the call will have.
+            return np.ones((), dtype).item()
         if np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.complexfloating):
             return rng.standard_normal(shape).astype(dtype)
         if dtype == np.bool_:

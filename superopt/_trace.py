@@ -53,6 +53,7 @@ def _rule_is_jaxs(body: Any) -> bool:
     except (OSError, ValueError):
         return False
 
+
 _NOT_ARRAY_MSG = (
     "argument {path} of type {kind} is not an array or a number. Pass arrays (or pytrees "
     "of arrays) as example arguments, and mark other arguments static, e.g. "
@@ -62,13 +63,27 @@ _NOT_ARRAY_MSG = (
 
 @dataclass(frozen=True, eq=False)
 class ArgSpec:
-    """The shape and dtype of one flattened argument."""
+    """The shape and dtype of one flattened argument, and whether it is weakly typed (a
+    Python scalar, or a value computed from one: it takes the dtype of what it meets, so
+    `2 * int8_array` is int8 where `jnp.int32(2) * int8_array` is int32)."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
+    weak: bool = False
+
+    @classmethod
+    def of(cls, leaf: Any) -> ArgSpec:
+        """The spec of an argument leaf (an array, a Python or numpy scalar, a tracer or a
+        `jax.ShapeDtypeStruct`)."""
+        try:
+            weak = bool(jax.typeof(leaf).weak_type)
+        except Exception:
+            weak = False
+        return cls(tuple(int(d) for d in np.shape(leaf)), _leaf_dtype(leaf), weak)
 
     def __repr__(self) -> str:
-        return f"{self.dtype.name}{list(self.shape)}"
+        name = getattr(self.dtype, "name", str(self.dtype))
+        return f"{'weakly typed ' if self.weak else ''}{name}{list(self.shape)}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,12 +125,18 @@ class Traced:
                 f"{self.in_tree}"
             )
         for k, (leaf, spec) in enumerate(zip(leaves, self.arg_specs)):
-            shape, dtype = np.shape(leaf), _leaf_dtype(leaf)
-            if tuple(shape) != spec.shape or dtype != spec.dtype:
+            got = ArgSpec.of(leaf)
+            if got.shape != spec.shape or got.dtype != spec.dtype or got.weak != spec.weak:
+                weak = (
+                    " (a Python scalar takes the dtype of the arrays it meets, a typed one "
+                    "promotes them: the result's dtype can differ)"
+                    if got.weak != spec.weak
+                    else ""
+                )
                 raise SignatureError(
-                    f"argument leaf {k} is {dtype.name}{list(shape)}, but the function "
-                    f"was optimized for {spec!r}; call superopt.optimize again for new "
-                    "shapes, or use @superopt.jit, which optimizes per signature"
+                    f"argument leaf {k} is {got!r}, but the function was optimized for "
+                    f"{spec!r}{weak}; call superopt.optimize again for new shapes or "
+                    "dtypes, or use @superopt.jit, which optimizes per signature"
                 )
         return leaves
 
@@ -129,17 +150,19 @@ def _same_static(a: Any, b: Any) -> bool:
 
 def _leaf_dtype(leaf: Any) -> np.dtype:
     dtype = jax.numpy.result_type(leaf)
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.extended):
+    if _extended(dtype):
         return dtype
     return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
+def _extended(dtype: Any) -> bool:
+    return bool(jax.dtypes.issubdtype(dtype, jax.dtypes.extended))
 
 
 def _dtype(dtype: Any) -> np.dtype:
     """A numpy dtype; JAX's extended dtypes (typed PRNG keys) are kept as they are, since
     numpy cannot represent them and only opaque nodes produce or consume them."""
-    if jax.dtypes.issubdtype(dtype, jax.dtypes.extended):
-        return dtype
-    return np.dtype(dtype)
+    return dtype if _extended(dtype) else np.dtype(dtype)
 
 
 class _Builder:
@@ -209,7 +232,8 @@ class _Builder:
                 return self.convert(body.jaxpr, body.consts, ins)
             return self.convert(body, (), ins)
         opdef = op_for_primitive(name)
-        if opdef is not None and len(eqn.outvars) == 1:
+        typed = all(not _extended(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars))
+        if opdef is not None and len(eqn.outvars) == 1 and typed:
             try:
                 params = opdef.from_eqn(dict(eqn.params)) if opdef.from_eqn else {}
             except ShapeError:
@@ -243,6 +267,23 @@ class _Builder:
         ]
 
 
+def static_positions(static_argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
+    """`static_argnums` as sorted non-negative positions among `nargs` arguments (negative
+    ones count from the end, as in `jax.jit`).
+
+    **Raises:** `TraceError` if one is out of range or not an integer."""
+    if isinstance(static_argnums, int | np.integer):
+        static_argnums = (static_argnums,)
+    positions = set()
+    for i in static_argnums:
+        if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            raise TraceError(f"static_argnums must be integers, got {i!r}")
+        if not -nargs <= i < nargs:
+            raise TraceError(f"static_argnums {i} is out of range for {nargs} arguments")
+        positions.add(int(i) % nargs)
+    return tuple(sorted(positions))
+
+
 def trace(
     fn: Callable[..., Any],
     *args: Any,
@@ -260,12 +301,7 @@ def trace(
     """
     if not callable(fn):
         raise TraceError(f"superopt needs a callable to optimize, got {type(fn).__name__} {fn!r}")
-    if isinstance(static_argnums, int):
-        static_argnums = (static_argnums,)
-    static_argnums = tuple(sorted(static_argnums))
-    for i in static_argnums:
-        if not 0 <= i < len(args):
-            raise TraceError(f"static_argnums {i} is out of range for {len(args)} arguments")
+    static_argnums = static_positions(static_argnums, len(args))
     static_args = {i: args[i] for i in static_argnums}
     dynamic = [a for i, a in enumerate(args) if i not in static_args]
     leaves, in_tree = jax.tree_util.tree_flatten(dynamic)
@@ -297,7 +333,7 @@ def trace(
     inputs = []
     for i, v in enumerate(closed.jaxpr.invars):
         shape, dtype = tuple(int(d) for d in v.aval.shape), _dtype(v.aval.dtype)
-        specs.append(ArgSpec(shape, dtype))
+        specs.append(ArgSpec(shape, dtype, bool(getattr(v.aval, "weak_type", False))))
         inputs.append(Node("input", (), Params(index=i), shape, dtype))
     outputs = builder.convert(closed.jaxpr, closed.consts, inputs)
     program = Program(tuple(inputs), tuple(outputs), builder.consts)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 
 from ._codegen import render, to_callable
-from ._search import search
+from ._search import Candidate, search
 from ._trace import Traced, trace
 from .ir import Program
 
@@ -48,6 +48,7 @@ def variants(
     *args: Any,
     limit: int = 100,
     rules: Iterable[str] | None = None,
+    static_argnums: int | Sequence[int] = (),
     **search_options: Any,
 ) -> list[Variant]:
     """Distinct equivalent variants of `fn` at `args`, cheapest (predicted) first.
@@ -58,14 +59,23 @@ def variants(
     - `*args`: example arguments.
     - `limit`: the most variants to return.
     - `rules`: rule or family names (default: every family).
+    - `static_argnums`: positions of non-array arguments, as in `superopt.optimize`.
     - `**search_options`: passed on to `superopt._search.search` (`node_limit`, ...).
 
-    **Returns:** a list of `Variant`; the original program is among them.
+    **Returns:** a list of at most `limit` `Variant`s. The original program is always among
+    them: last, in place of the costliest of the others, when `limit` would leave it out.
     """
-    traced = trace(fn, *args)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive number of variants, got {limit!r}")
+    traced = trace(fn, *args, static_argnums=static_argnums)
     result = search(traced.program, rules=rules, top_k=limit, **search_options)
+    chosen = list(result.candidates[:limit])
+    reference = traced.program.canonical_key()
+    if all(c.program.canonical_key() != reference for c in chosen):
+        found = [c for c in result.candidates if c.program.canonical_key() == reference]
+        chosen[-1] = found[0] if found else Candidate(traced.program)
     out = []
-    for cand in result.candidates[:limit]:
+    for cand in chosen:
         names: list[str] = []
         for step in cand.rewrites:
             for name in step.rule.split("+"):

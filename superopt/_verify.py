@@ -182,6 +182,9 @@ def _fmt(value: Any) -> str:
 
 
 def _to_numpy(leaf: Any) -> np.ndarray:
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)  # typed PRNG keys compare by their bits
     return np.asarray(jax.device_get(leaf))
 
 

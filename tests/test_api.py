@@ -489,3 +489,66 @@ def test_report_names_the_fallback_when_learned_weights_are_missing(tmp_path, mo
     opt = superopt.optimize(lambda a: (a @ a) @ a[:, :1], x, cache=False)
     assert opt.report.cost_model.startswith("analytical (learned model unavailable")
     np.testing.assert_allclose(opt(x), (x @ x) @ x[:, :1], rtol=1e-5)
+
+
+def test_a_python_scalar_and_a_typed_one_are_different_signatures():
+    # `2 * int8` is int8 but `int32(2) * int8` is int32: a program traced with a Python
+    # scalar must not run for a typed one (it would wrap around in int8).
+    a = jnp.arange(-32, 32, dtype=jnp.int8).reshape(8, 8)
+
+    def f(s, a, b):
+        return (s * a) @ b
+
+    opt = superopt.optimize(f, 2, a, a, cache=False)
+    assert opt(3, a, a).dtype == jnp.int8
+    with pytest.raises(superopt.SignatureError, match="weakly typed int32"):
+        opt(jnp.int32(100), a, a)
+    jitted = superopt.jit(f, cache=False)
+    weak, typed = jitted(100, a, a), jitted(jnp.int32(100), a, a)
+    assert len(jitted.optimized) == 2
+    assert weak.dtype == f(100, a, a).dtype == jnp.int8
+    assert typed.dtype == jnp.int32 and (typed == f(jnp.int32(100), a, a)).all()
+    # Under an enclosing jit the scalar arrives as a weakly typed tracer and stays one.
+    np.testing.assert_array_equal(jax.jit(lambda s: jitted(s, a, a))(3), f(3, a, a))
+
+
+def test_wrapping_copies_names_but_not_the_wrapped_objects_state():
+    a, v = _normal(0, 16, 16), _normal(1, 16, 2)
+    first = superopt.optimize(lambda a, v: (a @ a) @ v, a, v, cache=False)
+    again = superopt.optimize(first, a, v, budget=1, cache=False)
+    assert again.report is not first.report and len(again.report.measurements) == 1
+    inner = superopt.jit(lambda a, v: (a @ a) @ v, cache=False)
+    outer = superopt.jit(inner, budget=2)
+    assert outer._options["budget"] == 2 and outer.optimized is not inner.optimized
+
+    class Layer:
+        def __init__(self):
+            self._call, self.w = "state of the user's own", _normal(2, 16, 16)
+
+        def __call__(self, x):
+            return (x @ self.w) @ self.w
+
+    layer = Layer()
+    np.testing.assert_allclose(superopt.optimize(layer, a, cache=False)(a), layer(a), rtol=1e-4)
+
+
+def test_misspelt_options_and_bad_static_argnums_are_errors_not_fallbacks():
+    a, v = _normal(0, 16, 16), _normal(1, 16, 2)
+
+    def f(a, v):
+        return (a @ a) @ v
+
+    with pytest.raises(ValueError, match="unknown cost_model 'analytic'"):
+        superopt.optimize(f, a, v, cost_model="analytic")
+    with pytest.raises(TypeError, match="cost_model 3"):
+        superopt.optimize(f, a, v, cost_model=3)
+    with pytest.raises(ValueError, match="unknown rule or rule family 'dot_asoc'"):
+        superopt.optimize(f, a, v, rules=["dot_asoc"])
+    with pytest.raises(superopt.TraceError, match="static_argnums 5 is out of range"):
+        superopt.optimize(f, a, v, static_argnums=5)
+    # Negative positions count from the end, as in jax.jit.
+    opt = superopt.optimize(lambda x, n: x * n, v, 2, static_argnums=-1, cache=False)
+    assert opt.report.status != "fallback", opt.report.reason
+    np.testing.assert_allclose(opt(v, 2), v * 2)
+    jitted = superopt.jit(lambda x, n: x * n, static_argnums=-1, cache=False)
+    np.testing.assert_allclose(jitted(v, 3), v * 3)

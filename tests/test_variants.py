@@ -88,3 +88,27 @@ def test_variants_contain_the_rewrite_and_keep_values(name):
         for e, g in zip(expected, got):
             np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=2e-3, atol=2e-3)
         assert v.source.strip()
+
+
+def test_variants_keep_the_original_within_the_limit_and_take_static_args():
+    fn, make_args, rewritten = CASES["matrix_chain"]
+    args = make_args()
+    (only,) = superopt.variants(fn, *args, limit=1)  # the original, not the cheapest
+    assert not only.rules and not rewritten(only.program)
+    two = superopt.variants(fn, *args, limit=2)
+    assert rewritten(two[0].program) and not two[1].rules
+
+    def scaled(a, b, n):
+        return (a @ b) * n
+
+    a, b = _normal_pair()
+    found = superopt.variants(scaled, a, b, 3, static_argnums=-1)
+    for v in found:
+        np.testing.assert_allclose(v.fn(a, b, 3), scaled(a, b, 3), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="limit"):
+        superopt.variants(fn, *args, limit=0)
+
+
+def _normal_pair():
+    key = jax.random.key(0)
+    return jax.random.normal(key, (8, 8)), jax.random.normal(jax.random.fold_in(key, 1), (8, 8))
