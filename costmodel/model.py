@@ -31,6 +31,7 @@ from superopt.ir import Node
 
 from .features import (
     FEATURE_INDEX,
+    FEATURE_NAMES,
     NUM_CONFIG,
     NUM_FEATURES,
     NUM_OPCODES,
@@ -296,6 +297,20 @@ def _encode(network: GraphModel, opcode: Array, feat: Array) -> Array:
 # The shipped networks never exceed it on their validation families.
 UNCERTAIN_SPREAD = 0.10
 
+# Training scales each node feature by its standard deviation plus this floor, so a column
+# constant over the training programs has exactly the floor.
+FEATURE_STD_FLOOR = 1e-3
+
+
+def _feature_words(name: str) -> str:
+    if name.startswith("dtype_"):
+        return f"{name.removeprefix('dtype_')} values"
+    if name.startswith("log_dim"):
+        return f"arrays of rank {int(name.removeprefix('log_dim')) + 1} or more"
+    if name == "log_tile1":
+        return "loops tiled over two dimensions"
+    return f"nodes with the feature {name}"
+
 
 class LearnedCostModel(AbstractCostModel):
     """The trained graph network with the normalization it was trained under.
@@ -342,11 +357,38 @@ class LearnedCostModel(AbstractCostModel):
         ids = np.unique(graph.node_opcode)
         return [OPCODES[i] for i in ids if i != UNKNOWN and OPCODES[i] not in seen]
 
+    def untrained_features(self, graph: GraphArrays) -> list[str]:
+        """The node-feature columns of `graph` that were constant over the training
+        programs and differ here (a dtype or rank none of them had)."""
+        constant = self._constant_columns()
+        if not constant.any() or len(graph.node_feat) == 0:
+            return []
+        differs = (np.asarray(graph.node_feat) != np.asarray(self.feat_mean)).any(0)
+        return [FEATURE_NAMES[i] for i in np.flatnonzero(constant & differs)]
+
+    def untrained(self, graph: GraphArrays) -> list[str]:
+        """`untrained_opcodes` and `untrained_features` of `graph` in words ("erf",
+        "float16 values"), for notes to people."""
+        return self.untrained_opcodes(graph) + [
+            _feature_words(name) for name in self.untrained_features(graph)
+        ]
+
+    def _constant_columns(self) -> np.ndarray:
+        # Training divides by the standard deviation plus FEATURE_STD_FLOOR.
+        return np.asarray(self.feat_std) <= FEATURE_STD_FLOOR * 1.001
+
+    def _normalization(self) -> tuple[np.ndarray, np.ndarray]:
+        """Feature mean and scale; a column constant in training reads as its training
+        value. The networks learned nothing from such a column, and its deviation divided
+        by the floor would be a thousandfold input to weights it never trained."""
+        std = np.where(self._constant_columns(), np.inf, np.asarray(self.feat_std))
+        return np.asarray(self.feat_mean), std.astype(np.float32)
+
     def member_log_seconds(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
         """Each network's prediction, in log seconds minus `log_offset`
         (`float32[networks, len(graphs)]`)."""
         out = np.zeros((len(self.networks), len(graphs)), np.float32)
-        mean, std = np.asarray(self.feat_mean), np.asarray(self.feat_std)
+        mean, std = self._normalization()
         for i in range(0, len(graphs), self.batch_graphs):
             chunk = graphs[i : i + self.batch_graphs]
             batch = pack(
@@ -398,7 +440,8 @@ class LearnedCostModel(AbstractCostModel):
         opcode = np.zeros(size, np.int32)
         feat = np.zeros((size, NUM_FEATURES), np.float32)
         opcode[:n] = node_opcode
-        feat[:n] = (np.asarray(node_feat) - np.asarray(self.feat_mean)) / np.asarray(self.feat_std)
+        mean, std = self._normalization()
+        feat[:n] = (np.asarray(node_feat) - mean) / std
         log_s = np.mean([np.asarray(_encode(net, opcode, feat)) for net in self.networks], 0)[:n]
         shares = np.exp(log_s.astype(np.float64) + self.log_offset)
         if self.base is not None:

@@ -465,7 +465,7 @@ def model_doubts(cost_model: NodeCostModel, programs: Sequence[Program]) -> str:
     if not isinstance(model, LearnedCostModel):
         return ""
     graphs = [featurize_program(p) for p in programs]
-    untrained = sorted({op for g in graphs for op in model.untrained_opcodes(g)})
+    untrained = sorted({op for g in graphs for op in model.untrained(g)})
     spread = float(np.max(model.spread(graphs), initial=0.0))  # NaN for one network
     doubts = []
     if untrained:

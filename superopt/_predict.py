@@ -197,7 +197,7 @@ def predict_runtime(
     if isinstance(cost_model, LearnedCostModel):
         seconds_a, spread_a = cost_model.score_with_spread([graph])
         seconds, spread = float(seconds_a[0]), float(spread_a[0])
-        untrained = cost_model.untrained_opcodes(graph)
+        untrained = cost_model.untrained(graph)
         if untrained:
             notes.append(
                 f"no program the learned model was trained on has {', '.join(untrained)}: "

@@ -64,6 +64,21 @@ def test_a_prediction_says_when_the_learned_model_is_on_unfamiliar_ground():
     assert math.isnan(analytical.spread) and "spread" not in repr(analytical)
 
 
+def test_a_dtype_no_training_program_had_is_named_and_not_amplified():
+    # No training program has float16: its one-hot column was constant in training, so
+    # its deviation once read as a thousandfold input (a chain predicted at 10^6 s).
+    def chain(a, b, v):
+        return (a @ b) @ v
+
+    times = {}
+    for dtype in (jnp.float32, jnp.float16):
+        args = [jnp.ones(shape, dtype) for shape in ((256, 256), (256, 256), (256, 2))]
+        times[dtype] = superopt.predict_runtime(chain, *args)
+    assert times[jnp.float32].note == ""
+    assert "trained on has float16 values: its cost is a guess" in times[jnp.float16].note
+    assert 0.1 < times[jnp.float16] / times[jnp.float32] < 10
+
+
 def test_bigger_work_is_predicted_slower_by_the_analytical_model():
     small = superopt.predict_runtime(f, jnp.ones((8, 16)), jnp.ones((16, 8)), model="analytical")
     big = superopt.predict_runtime(f, jnp.ones((512, 512)), jnp.ones((512, 512)),
