@@ -299,3 +299,21 @@ def test_typed_keys_made_by_known_ops_stay_opaque() -> None:
     np.testing.assert_array_equal(jr.key_data(k), jr.key_data(k0))
     assert superopt.verify(jr.split, jr.split, key).ok
     assert not superopt.verify(jr.split, lambda k: jr.split(jr.fold_in(k, 1)), key).ok
+
+
+def test_a_dot_with_an_explicit_precision_keeps_it() -> None:
+    # The IR's dots carry no precision: one that names a precision stays an opaque call,
+    # so no rewrite can drop it (on GPU, HIGHEST against TF32).
+    a, v = jnp.ones((16, 16)), jnp.ones((16, 2))
+
+    def chain_at(precision: Any) -> Any:
+        def chain(a: jax.Array, b: jax.Array, v: jax.Array) -> jax.Array:
+            return jnp.matmul(jnp.matmul(a, b, precision=precision), v, precision=precision)
+
+        return chain
+
+    for precision, modelled in ((None, 2), (lax.Precision.DEFAULT, 2), ("highest", 0)):
+        traced = superopt.trace(chain_at(precision), a, a, v)
+        assert traced.program.count_ops().get("dot_general", 0) == modelled
+    opt = superopt.optimize(chain_at(lax.Precision.HIGHEST), a, a, v, cache=False)
+    assert str(jax.make_jaxpr(opt)(a, a, v)).count("HIGHEST") == 4  # two dots, two operands
