@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from superopt.ir import SuperoptError
 
 from .features import NUM_CONFIG, NUM_FEATURES, GraphArrays
 
@@ -47,7 +50,10 @@ _EXTRA_FIELDS = ("executable", "rounds", "repeat_s")
 RUN_COMBINATIONS = ("mean", "min")
 
 
-class DatasetError(ValueError):
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+class DatasetError(SuperoptError, ValueError):
     """A dataset file that is missing, unreadable, or not a superopt dataset."""
 
 
@@ -212,14 +218,39 @@ class Dataset:
                 "(or `superopt._corpus.collect(...)`)"
             )
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {name: z[name] for name in _FIELDS}
-                for name in _EXTRA_FIELDS:
-                    arrays[name] = z[name] if name in z.files else _default_extra(name, arrays)
-                meta = json.loads(str(z["meta"]))
-        except (OSError, KeyError, ValueError, zlib.error) as err:
+            with open(path, "rb") as f:
+                head = f.read(len(_NPY_MAGIC))
+                if not head.startswith(b"PK"):  # an .npz is a zip archive
+                    what = (
+                        "is empty"
+                        if not head
+                        else "is a single NumPy array (.npy)"
+                        if head.startswith(_NPY_MAGIC)
+                        else "is not an .npz archive"
+                    )
+                    raise DatasetError(
+                        f"{path} {what}, not a superopt dataset; `superopt collect --out` "
+                        "writes one"
+                    )
+                f.seek(0)
+                with np.load(f, allow_pickle=False) as z:
+                    missing = [name for name in (*_FIELDS, "meta") if name not in z.files]
+                    if missing:
+                        raise DatasetError(
+                            f"{path} is an .npz archive but not a superopt dataset: it has "
+                            f"no {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+                        )
+                    arrays = {name: z[name] for name in _FIELDS}
+                    for name in _EXTRA_FIELDS:
+                        arrays[name] = z[name] if name in z.files else _default_extra(name, arrays)
+                    meta = json.loads(str(z["meta"]))
+        except DatasetError:
+            raise
+        except (OSError, EOFError, KeyError, ValueError, TypeError, zlib.error,
+                zipfile.BadZipFile) as err:  # fmt: skip
             raise DatasetError(
-                f"{path} is not a readable superopt dataset ({err}); collect it again"
+                f"{path} is not a readable superopt dataset ({type(err).__name__}: {err}); "
+                "collect it again"
             ) from err
         if any(len(arrays[name]) != len(arrays["runtime_s"]) for name in _EXTRA_FIELDS):
             raise DatasetError(f"{path} is not a readable superopt dataset (ragged arrays)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import re
 import sys
 import time
@@ -96,14 +97,41 @@ def example_args(specs: list[str], seed: int = 0) -> tuple[Any, ...]:
     out = []
     for spec in specs:
         dtype, shape = parse_spec(spec)
-        if dtype == "bool":
-            value = rng.integers(0, 2, shape).astype(bool)
-        elif dtype.startswith(("int", "uint")):
-            value = rng.integers(0, 8, shape)
-        else:
-            value = rng.standard_normal(shape)
-        out.append(jnp.asarray(value, dtype=dtype))
+        try:
+            if dtype == "bool":
+                value = rng.integers(0, 2, shape).astype(bool)
+            elif dtype.startswith(("int", "uint")):
+                value = rng.integers(0, 8, shape)
+            else:
+                value = rng.standard_normal(shape)
+            out.append(jnp.asarray(value, dtype=dtype))
+        except (MemoryError, ValueError, OverflowError) as err:
+            raise UsageError(_too_large(spec, dtype, shape, err)) from None
+        except RuntimeError as err:  # XLA's out-of-memory error is a RuntimeError
+            if "RESOURCE_EXHAUSTED" not in str(err):
+                raise
+            raise UsageError(_too_large(spec, dtype, shape, err)) from None
     return tuple(out)
+
+
+def _too_large(spec: str, dtype: str, shape: tuple[int, ...], err: BaseException) -> str:
+    import jax.numpy as jnp
+
+    count = math.prod(shape)
+    size = count * jnp.dtype(dtype).itemsize
+    return (
+        f"argument spec {spec!r} is too large: {count:,} elements ({_bytes(size)}) cannot be "
+        f"allocated ({type(err).__name__})"
+    )
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
 
 
 def load_function(target: str) -> Callable[..., Any]:
@@ -186,6 +214,7 @@ def demo(
     import superopt
 
     with _clean_errors():
+        _check_budget(budget)
         folder = examples_dir or _examples_dir()
         files = sorted(folder.glob("demo_*.py")) if folder.is_dir() else []
         if not files:
@@ -255,6 +284,7 @@ def optimize(
     import superopt
 
     with _clean_errors():
+        _check_budget(budget)
         fn = load_function(target)
         values = example_args(args or [], seed)
         opt = superopt.optimize(fn, *values, budget=budget, cost_model=cost_model, cache=cache)
@@ -265,6 +295,14 @@ def optimize(
         console = _console()
         console.print(opt.report)
         console.print(Text(opt.source))
+
+
+def _check_budget(budget: int) -> None:
+    if budget < 0:
+        raise UsageError(
+            f"--budget is the number of candidates to time, 0 or more (0 trusts the cost "
+            f"model), got {budget}"
+        )
 
 
 @app.command()
@@ -437,7 +475,12 @@ def evaluate(
     from costmodel import run_evaluation
 
     with _clean_errors():
+        # Everything that can be checked is checked before the (long) evaluation runs.
         _check_file(dataset)
+        if png is not None:
+            _check_png(png, dataset)
+        if weights is not None:
+            _check_weights(weights)
         if autotune:
             from costmodel.autotune import run_autotune
 
@@ -449,6 +492,47 @@ def evaluate(
 def _check_file(path: Path) -> None:
     if not path.is_file():
         raise UsageError(f"{path} is not a file")
+
+
+def _check_png(png: Path, dataset: Path) -> None:
+    """`--png` names a new or existing .png file that is not the dataset itself."""
+    if png.suffix.lower() != ".png":
+        raise UsageError(f"--png {png}: the plot's file name must end in .png")
+    if png.is_dir():
+        raise UsageError(f"--png {png} is a directory; give a file name ending in .png")
+    if png.resolve() == dataset.resolve() or (png.exists() and png.samefile(dataset)):
+        raise UsageError(f"--png {png} is the dataset itself; writing the plot would destroy it")
+    parent = png.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"--png {png}: {parent} is not a directory")
+
+
+def _check_weights(weights: Path) -> None:
+    """The files of a `--weights` folder are readable files, and its `analytical.json`
+    parses (whether `model.json` and `model.eqx` hold valid weights is
+    `costmodel.load_checkpoint`'s to say, with a `WeightsError`)."""
+    from costmodel.analytical import AnalyticalCostModel
+
+    for name in ("model.json", "model.eqx", "analytical.json"):
+        file = weights / name
+        if not file.exists():
+            continue
+        if not file.is_file():
+            raise UsageError(f"broken weights folder {weights}: {file} is not a file")
+        try:
+            data = file.read_bytes()
+        except OSError as err:
+            raise UsageError(f"cannot read {file}: {err.strerror or err}") from None
+        if name == "analytical.json":
+            try:
+                AnalyticalCostModel.from_json(data.decode())
+            except (ValueError, KeyError, TypeError) as err:  # UnicodeDecodeError included
+                raise UsageError(
+                    f"broken weights folder {weights}: {file} is not an analytical cost model "
+                    f"({type(err).__name__}: {err}); retrain with `superopt train`"
+                ) from None
 
 
 @cache_app.command("ls")

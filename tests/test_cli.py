@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -121,6 +124,21 @@ def test_a_corrupt_cache_is_one_line_on_stderr(tmp_path, monkeypatch):
             ["optimize", "{file}:affine", "-a", "f32[2,3]", "-a", "f32[5,3]"],
             "error: tracing affine",
         ),
+        (
+            ["optimize", "{file}:affine", "-a", "f32[2,4]", "-a", "f32[4,3]", "--budget", "-1"],
+            "--budget is the number of candidates to time, 0 or more",
+        ),
+        (["demo", "--budget", "-1"], "--budget is the number of candidates to time, 0 or more"),
+        # 2**55 float64 draws: more than any address space, so malloc refuses (MemoryError).
+        (
+            ["optimize", "{file}:affine", "-a", "f32[33554432,1073741824]", "-a", "f32[4,3]"],
+            "argument spec 'f32[33554432,1073741824]' is too large",
+        ),
+        # Past numpy's own size limit (ValueError).
+        (
+            ["optimize", "{file}:affine", "-a", "f32[99999999999,99999999999]"],
+            "argument spec 'f32[99999999999,99999999999]' is too large",
+        ),
     ],
 )
 def test_bad_input_exits_1_with_one_clear_line(user_file, args, message):
@@ -168,3 +186,95 @@ def test_collect_rejects_an_unknown_family(tmp_path):
     result = runner.invoke(app, ["collect", str(tmp_path / "c.sqlite"), "--family", "nope"])
     assert result.exit_code == 1
     assert "nope" in result.stderr
+
+
+def _one_error_line(result, *needles):
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: "), result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.output and "Aborted" not in result.output
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def test_evaluate_png_is_checked_before_anything_runs(tmp_path, monkeypatch):
+    """`--png` must end in .png, be no directory and not the dataset: checked up front,
+    so the (garbage) dataset is never read and never overwritten."""
+    import costmodel
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the evaluation ran")
+
+    monkeypatch.setattr(costmodel, "run_evaluation", no_evaluation)
+    data = tmp_path / "mydata.npz"
+    data.write_bytes(b"not really a dataset")
+    (tmp_path / "plots.png").mkdir()
+    cases = [
+        (["--png", str(data)], "the plot's file name must end in .png"),
+        (["--png", str(tmp_path / "plot.txt")], "the plot's file name must end in .png"),
+        (["--png", str(tmp_path / "plots.png")], "is a directory"),
+        (["--png", str(data) + "/x.png"], "is not a directory"),
+        (["--autotune", "--png", str(data)], "the plot's file name must end in .png"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, ["evaluate", str(data), *extra])
+        _one_error_line(result, message)
+        assert data.read_bytes() == b"not really a dataset"
+    # A dataset that happens to end in .png, given as its own plot.
+    as_png = tmp_path / "data.png"
+    as_png.write_bytes(b"dataset bytes")
+    for png in (as_png, tmp_path / "." / "data.png"):
+        result = runner.invoke(app, ["evaluate", str(as_png), "--png", str(png)])
+        _one_error_line(result, "is the dataset itself")
+        assert as_png.read_bytes() == b"dataset bytes"
+
+
+def _bad_datasets(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Tiny files that are not datasets, and what the error line must say about each."""
+    (folder / "fns.py").write_text("def f(x):\n    return x\n")
+    (folder / "random.npz").write_bytes(np.random.default_rng(0).bytes(2000))
+    np.save(folder / "arr.npy", np.arange(3))
+    (folder / "empty.npz").write_bytes(b"")
+    np.savez(folder / "other.npz", a=np.arange(3))
+    whole = (folder / "other.npz").read_bytes()
+    (folder / "trunc.npz").write_bytes(whole[: len(whole) // 2])
+    return {
+        "py": (folder / "fns.py", "fns.py is not an .npz archive, not a superopt dataset"),
+        "random": (folder / "random.npz", "random.npz is not an .npz archive"),
+        "npy": (folder / "arr.npy", "arr.npy is a single NumPy array (.npy)"),
+        "empty": (folder / "empty.npz", "empty.npz is empty"),
+        "truncated": (folder / "trunc.npz", "trunc.npz is not a readable superopt dataset"),
+        "other npz": (folder / "other.npz", "other.npz is an .npz archive but not a superopt"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["py", "random", "npy", "empty", "truncated", "other npz"])
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_a_file_that_is_no_dataset_is_one_line(tmp_path, command, kind):
+    path, message = _bad_datasets(tmp_path)[kind]
+    before = path.read_bytes()
+    result = runner.invoke(app, [command, str(path)])
+    _one_error_line(result, message)
+    assert "pickled" not in result.stderr
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "break_it,message",
+    [
+        (lambda d: ((d / "model.json").unlink(), (d / "model.json").mkdir()), "is not a file"),
+        (lambda d: ((d / "model.eqx").unlink(), (d / "model.eqx").mkdir()), "is not a file"),
+        (lambda d: (d / "analytical.json").write_text("{nope"), "not an analytical cost model"),
+        (lambda d: (d / "analytical.json").write_text("{}"), "not an analytical cost model"),
+    ],
+)
+def test_a_broken_weights_folder_is_one_line(tmp_path, break_it, message):
+    from costmodel.train import WEIGHTS_DIR
+
+    weights = tmp_path / "weights"
+    shutil.copytree(WEIGHTS_DIR / "cpu", weights)
+    break_it(weights)
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"never read")
+    result = runner.invoke(app, ["evaluate", str(data), "--weights", str(weights)])
+    _one_error_line(result, f"broken weights folder {weights}", message)
