@@ -18,10 +18,11 @@ overhead.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,44 @@ class Calibration:
     device_kind: str
 
 
+# The rates a roofline divides by: each must be a positive, finite number.
+_RATES = ("matmul_flops", "transcendentals", "bandwidth")
+
+
+def _number(value: Any, name: str, *, positive: bool = False) -> float:
+    """`value` as a float if it is a finite real number (non-negative, or positive when
+    `positive`), else `ValueError` naming `name`. Strings and booleans are not numbers."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        kind = "a positive" if positive else "a non-negative"
+        raise ValueError(f"{name} must be {kind} finite number, not {value!r}")
+    return float(value)
+
+
+def calibration_from_json(data: Any) -> Calibration:
+    """A `Calibration` from its JSON object (`asdict`), checked: the three rates positive
+    and finite, the overhead finite and non-negative, backend and device kind strings.
+    Raises `ValueError` naming the bad field."""
+    if not isinstance(data, dict):
+        raise ValueError(f"calibration must be a JSON object, not {data!r}")
+    names = [f.name for f in fields(Calibration)]
+    missing = [n for n in names if n not in data]
+    unknown = [k for k in data if k not in names]
+    if missing or unknown:
+        raise ValueError(f"calibration has fields {sorted(data)}, not {names}")
+    values: dict[str, Any] = {}
+    for name in names:
+        value = data[name]
+        if name in ("backend", "device_kind"):
+            if not isinstance(value, str):
+                raise ValueError(f"calibration.{name} must be a string, not {value!r}")
+            values[name] = value
+        else:
+            values[name] = _number(value, f"calibration.{name}", positive=name in _RATES)
+    return Calibration(**values)
+
+
 def _cache_dir() -> Path:
     root = os.environ.get("SUPEROPT_CACHE_DIR")
     return Path(root) if root else Path.home() / ".cache" / "superopt"
@@ -104,8 +143,8 @@ def calibrate(cache: bool = True, force: bool = False) -> Calibration:
     path = _cache_dir() / f"calibration-{backend}-{kind.replace(' ', '_').replace('/', '_')}.json"
     if cache and not force and path.exists():
         try:
-            return Calibration(**json.loads(path.read_text()))
-        except (ValueError, TypeError):
+            return calibration_from_json(json.loads(path.read_text()))
+        except (OSError, ValueError):
             pass  # a stale or corrupt cache is measured again
     key = jax.random.PRNGKey(0)
     overhead = _median_time(lambda x: x + 1.0, jnp.float32(1.0), rounds=50)
@@ -307,10 +346,27 @@ class AnalyticalCostModel(AbstractCostModel):
 
     @staticmethod
     def from_json(text: str) -> AnalyticalCostModel:
+        """The model `to_json` wrote. Raises `ValueError` naming the bad field when the
+        text is not JSON, or a field is missing or out of range (a rate that is not a
+        positive finite number, coefficients that are not `len(TERM_NAMES)` non-negative
+        finite numbers, an unknown `loop_bytes`)."""
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"an analytical model is a JSON object, not {type(data).__name__}")
+        if "calibration" not in data or "coef" not in data:
+            raise ValueError(
+                f"an analytical model has 'calibration' and 'coef', not only {sorted(data)}"
+            )
+        calibration = calibration_from_json(data["calibration"])
+        coef = data["coef"]
+        if not isinstance(coef, list) or len(coef) != len(TERM_NAMES):
+            raise ValueError(
+                f"coef must be a list of {len(TERM_NAMES)} numbers ({', '.join(TERM_NAMES)}), "
+                f"not {coef!r}"
+            )
+        coef = [_number(c, f"coef[{i}] ({TERM_NAMES[i]})") for i, c in enumerate(coef)]
         # Written before `loop_bytes` existed, a model was fitted with the larger bytes.
-        return AnalyticalCostModel(
-            Calibration(**data["calibration"]),
-            np.asarray(data["coef"]),
-            data.get("loop_bytes", "larger"),
-        )
+        loop_bytes = data.get("loop_bytes", "larger")
+        if not isinstance(loop_bytes, str) or loop_bytes not in LOOP_BYTES:
+            raise ValueError(f"loop_bytes is one of {LOOP_BYTES}, not {loop_bytes!r}")
+        return AnalyticalCostModel(calibration, np.asarray(coef), loop_bytes)

@@ -103,7 +103,7 @@ def _analytical(path: str, fingerprint: str) -> Any:
     if fitted.exists():
         try:
             return AnalyticalCostModel.from_json(fitted.read_text())
-        except (ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError):
             pass  # an unreadable fit falls back to the calibrated, unfitted roofline
     return AnalyticalCostModel()
 

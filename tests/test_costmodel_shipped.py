@@ -75,3 +75,21 @@ def test_shipped_model_ranks_held_out_tiles(shipped):
     idx = test_idx[shipped.family[test_idx] == "xent_bias"][:120]
     metrics = task_metrics(shipped, idx, model.score_programs(shipped.graphs(idx)))
     assert metrics.tile_groups >= 1 and metrics.tile_tau > 0.5
+
+
+def test_shipped_weights_pass_the_loaders_checks():
+    # The checks that turn corrupt weights into a `WeightsError` accept the shipped files:
+    # every array float32 and finite, the fitted roofline's rates positive.
+    import equinox as eqx
+    import jax
+
+    from costmodel.analytical import AnalyticalCostModel
+
+    model = load_checkpoint(WEIGHTS_DIR / "cpu", backend="cpu")
+    arrays = [np.asarray(a) for a in jax.tree_util.tree_leaves(model) if eqx.is_array(a)]
+    assert arrays and {a.dtype for a in arrays} == {np.dtype(np.float32)}
+    assert all(np.isfinite(a).all() for a in arrays) and (np.asarray(model.feat_std) > 0).all()
+    fitted = AnalyticalCostModel.from_json((WEIGHTS_DIR / "cpu" / "analytical.json").read_text())
+    calib = fitted.calibration
+    assert min(calib.matmul_flops, calib.transcendentals, calib.bandwidth) > 0
+    assert model.base is not None and model.base.calibration == calib
