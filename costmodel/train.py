@@ -32,7 +32,7 @@ from superopt.ir import SuperoptError
 from .analytical import LOOP_BYTES
 from .dataset import RUN_COMBINATIONS, Dataset, split_by_family
 from .features import FEATURE_INDEX, NUM_FEATURES, OPCODES, UNKNOWN
-from .model import Batch, GraphModel, LearnedCostModel, bucket, pack
+from .model import FEATURE_STD_FLOOR, Batch, GraphModel, LearnedCostModel, bucket, pack
 
 FORMAT_VERSION = 2
 
@@ -320,7 +320,7 @@ def train(
     opcodes = np.unique(np.concatenate([g.node_opcode for g in train_graphs]))
     trained_opcodes = tuple(OPCODES[i] for i in opcodes)
     mean = feats.mean(0).astype(np.float32)
-    std = (feats.std(0) + 1e-3).astype(np.float32)
+    std = (feats.std(0) + FEATURE_STD_FLOOR).astype(np.float32)
     log_t = np.log(dataset.runtime_s[train_idx])
     # The network's additive part sums node shares, so start from the mean per-graph time.
     offset = float(log_t.mean())

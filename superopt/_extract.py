@@ -158,9 +158,7 @@ def check_cost_model(cost_model: Any) -> None:
         return
     if isinstance(cost_model, str):
         raise ValueError(f"unknown cost_model {cost_model!r}: use one of {', '.join(names)}")
-    if not isinstance(cost_model, str) and (
-        isinstance(cost_model, NodeCostModel) or _is_costmodel(cost_model)
-    ):
+    if isinstance(cost_model, NodeCostModel) or _is_costmodel(cost_model):
         return
     raise TypeError(
         f"cost_model {cost_model!r} is neither None, 'flops', 'learned', 'analytical', a "

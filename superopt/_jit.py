@@ -23,8 +23,9 @@ _UNHASHABLE_STATIC_MSG = (
 class Jitted:
     """`@superopt.jit`: optimizes a function once per input signature, like `jax.jit`.
 
-    The signature is the pytree structure of the arguments, the shape and dtype of each
-    leaf, and the values of the static arguments. Each new signature runs
+    The signature is the pytree structure of the arguments, the shape, dtype and weak
+    typing of each leaf (a Python scalar is not a typed one), and the values of the static
+    arguments. Each new signature runs
     `superopt.optimize` on the first arguments that have it; later calls reuse the result.
 
     **Arguments:**
@@ -70,15 +71,12 @@ class Jitted:
 
     def _signature(self, args: tuple[Any, ...], static: tuple[int, ...]) -> tuple[Any, bool]:
         static_values = []
-        for i in static:
-            if i < len(args):
-                try:
-                    hash(args[i])
-                except TypeError as err:
-                    raise SignatureError(
-                        _UNHASHABLE_STATIC_MSG.format(index=i, value=args[i])
-                    ) from err
-                static_values.append((i, args[i]))
+        for i in static:  # positions within args (`static_positions`)
+            try:
+                hash(args[i])
+            except TypeError as err:
+                raise SignatureError(_UNHASHABLE_STATIC_MSG.format(index=i, value=args[i])) from err
+            static_values.append((i, args[i]))
         dynamic = [a for i, a in enumerate(args) if i not in static]
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
         specs = tuple((spec.shape, str(spec.dtype), spec.weak) for spec in map(ArgSpec.of, leaves))

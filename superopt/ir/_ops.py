@@ -265,7 +265,8 @@ register_op(
 
 def _dot_params(params: dict[str, Any]) -> dict[str, Any]:
     precision = params.get("precision")
-    if any(str(p) not in ("None", "DEFAULT", "Precision.DEFAULT") for p in _precisions(precision)):
+    each = precision if isinstance(precision, tuple | list) else (precision,)
+    if any(p not in (None, lax.Precision.DEFAULT) for p in each):
         # An explicit precision (HIGHEST, ...) is not carried by the IR: the dot stays an
         # opaque call that keeps it, rather than a rewritable one that would drop it.
         raise ShapeError(f"dot_general with precision {precision} is not modelled")
@@ -275,12 +276,6 @@ def _dot_params(params: dict[str, Any]) -> dict[str, Any]:
         "dimension_numbers": ((_tuple(lc), _tuple(rc)), (_tuple(lb), _tuple(rb))),
         "preferred_element_type": None if pref is None else np.dtype(pref),
     }
-
-
-def _precisions(precision: Any) -> tuple[Any, ...]:
-    if precision is None:
-        return ()
-    return tuple(precision) if isinstance(precision, tuple | list) else (precision,)
 
 
 def _dot_type(args: Sequence[Node], p: Params):
