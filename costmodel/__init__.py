@@ -5,6 +5,10 @@ from .analytical import AnalyticalCostModel as AnalyticalCostModel
 from .analytical import Calibration as Calibration
 from .analytical import calibrate as calibrate
 from .analytical import xla_cost as xla_cost
+from .checkpoint import WeightsError as WeightsError
+from .checkpoint import load_checkpoint as load_checkpoint
+from .checkpoint import save_checkpoint as save_checkpoint
+from .config import TrainConfig as TrainConfig
 from .dataset import Dataset as Dataset
 from .dataset import DatasetError as DatasetError
 from .dataset import Record as Record
@@ -20,10 +24,6 @@ from .features import featurize_signatures as featurize_signatures
 from .model import AbstractCostModel as AbstractCostModel
 from .model import GraphModel as GraphModel
 from .model import LearnedCostModel as LearnedCostModel
-from .train import TrainConfig as TrainConfig
 from .train import TrainResult as TrainResult
-from .train import WeightsError as WeightsError
-from .train import load_checkpoint as load_checkpoint
 from .train import run_training as run_training
-from .train import save_checkpoint as save_checkpoint
 from .train import train as train

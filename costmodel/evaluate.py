@@ -327,8 +327,8 @@ def held_out_setup(
     **Returns:** `(dataset, {"learned": ..., "analytical": ...}, test_idx, test_families)`.
     """
     from .analytical import AnalyticalCostModel
+    from .checkpoint import WEIGHTS_DIR, load_checkpoint, read_metadata
     from .dataset import split_by_family
-    from .train import WEIGHTS_DIR, load_checkpoint, read_metadata
 
     dataset = Dataset.load(dataset_path)
     weights = WEIGHTS_DIR / dataset.meta.get("backend", "cpu") if weights is None else weights

@@ -435,7 +435,7 @@ def _measure_all(
     transaction per program), with a progress bar and a time limit."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from costmodel.train import device_info
+    from costmodel.checkpoint import device_info
 
     info, versions = device_info(), _versions()
     start = time.perf_counter()

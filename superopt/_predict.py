@@ -90,7 +90,7 @@ def _fingerprint(path: str, stats: tuple[tuple[str, int, int], ...]) -> str:
 def _learned(path: str, backend: str, fingerprint: str) -> Any:
     # `fingerprint` keys the cache: weights rewritten in place (`superopt train`) are loaded
     # again.
-    from costmodel.train import load_checkpoint
+    from costmodel.checkpoint import load_checkpoint
 
     return load_checkpoint(path, backend)
 
@@ -110,7 +110,7 @@ def _analytical(path: str, fingerprint: str) -> Any:
 
 def default_weights() -> Path:
     """The shipped weights directory of the default backend."""
-    from costmodel.train import WEIGHTS_DIR
+    from costmodel.checkpoint import WEIGHTS_DIR
 
     return WEIGHTS_DIR / jax.default_backend()
 
@@ -131,8 +131,8 @@ def resolve_model(
 
     **Returns:** `(a costmodel.AbstractCostModel, its name, a note)`.
     """
+    from costmodel.checkpoint import WeightsError
     from costmodel.model import AbstractCostModel
-    from costmodel.train import WeightsError
 
     path = Path(weights) if weights is not None else default_weights()
     if isinstance(model, AbstractCostModel):

@@ -269,7 +269,7 @@ def test_a_file_that_is_no_dataset_is_one_line(tmp_path, command, kind):
     ],
 )
 def test_a_broken_weights_folder_is_one_line(tmp_path, break_it, message):
-    from costmodel.train import WEIGHTS_DIR
+    from costmodel.checkpoint import WEIGHTS_DIR
 
     weights = tmp_path / "weights"
     shutil.copytree(WEIGHTS_DIR / "cpu", weights)

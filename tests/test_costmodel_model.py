@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 import superopt
+from costmodel.checkpoint import WeightsError, load_checkpoint, save_checkpoint
+from costmodel.config import TrainConfig
 from costmodel.dataset import Dataset, Record, split_by_family
 from costmodel.features import NUM_FEATURES, OPCODES, featurize_program, featurize_signatures
 from costmodel.model import GraphModel, LearnedCostModel, bucket, pack
-from costmodel.train import TrainConfig, WeightsError, load_checkpoint, save_checkpoint, train
+from costmodel.train import train
 from superopt.ir import node_cost
 
 
@@ -118,7 +120,7 @@ def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
 
 
 def test_training_on_the_runs_fits_those_labels_and_records_the_dataset(tiny_dataset, tmp_path):
-    from costmodel.train import read_metadata
+    from costmodel.checkpoint import read_metadata
 
     # A second run that measured family "a" 4x slower and family "b" 4x faster.
     factor = np.select(

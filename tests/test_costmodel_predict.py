@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 import superopt
-from costmodel.train import WeightsError
+from costmodel.checkpoint import WeightsError
 from superopt._predict import default_weights
 
 

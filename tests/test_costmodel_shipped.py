@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from costmodel.checkpoint import WEIGHTS_DIR, load_checkpoint, read_metadata
 from costmodel.dataset import Dataset, split_by_family
 from costmodel.evaluate import DEFAULT_TEST_FAMILIES, SECOND_RUN, evaluate, task_metrics
 from costmodel.features import OPCODES
-from costmodel.train import WEIGHTS_DIR, load_checkpoint, read_metadata
 
 DATA = Path(__file__).parent.parent / "costmodel" / "data" / "corpus-cpu.npz"
 CARD = WEIGHTS_DIR / "CARD.md"

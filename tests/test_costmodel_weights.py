@@ -19,9 +19,10 @@ import pytest
 
 import superopt
 from costmodel.analytical import AnalyticalCostModel, Calibration, calibrate
+from costmodel.checkpoint import WeightsError, load_checkpoint, save_checkpoint
+from costmodel.config import TrainConfig
 from costmodel.features import NUM_FEATURES
 from costmodel.model import GraphModel, LearnedCostModel
-from costmodel.train import TrainConfig, WeightsError, load_checkpoint, save_checkpoint
 from superopt._predict import default_weights
 
 
