@@ -21,6 +21,7 @@ import numpy as np
 
 from superopt.ir import SuperoptError
 
+from .analytical import AnalyticalCostModel
 from .config import TrainConfig
 from .dataset import Dataset
 from .features import NUM_FEATURES, OPCODES
@@ -143,8 +144,6 @@ def _check_meta(meta: Any) -> tuple[TrainConfig, float, tuple[str, ...] | None, 
         trained_opcodes = tuple(trained_opcodes)
     base = None
     if meta.get("base"):
-        from .analytical import AnalyticalCostModel
-
         if not isinstance(meta["base"], str):
             raise ValueError(f"base must be a JSON string, not {type(meta['base']).__name__}")
         try:
@@ -302,6 +301,24 @@ def load_checkpoint(path: str | Path, backend: str | None = None) -> LearnedCost
             "retrain with `superopt train`"
         ) from err
     return model
+
+
+def load_analytical(path: str | Path) -> AnalyticalCostModel | None:
+    """The fitted analytical model of checkpoint directory `path` (its `analytical.json`,
+    which `superopt train` writes next to the learned weights), or `None` if it has none.
+
+    Raises `WeightsError` naming the file when it cannot be read or does not hold an
+    analytical model (a field missing, of the wrong type or out of range)."""
+    file = Path(path) / "analytical.json"
+    if not file.exists():
+        return None
+    try:
+        return AnalyticalCostModel.from_json(file.read_text())
+    except (OSError, ValueError, KeyError, TypeError) as err:  # UnicodeDecodeError included
+        raise WeightsError(
+            f"{file} is not a readable analytical cost model ({type(err).__name__}: {err}); "
+            "retrain with `superopt train`"
+        ) from err
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -327,7 +327,7 @@ def held_out_setup(
     **Returns:** `(dataset, {"learned": ..., "analytical": ...}, test_idx, test_families)`.
     """
     from .analytical import AnalyticalCostModel
-    from .checkpoint import WEIGHTS_DIR, load_checkpoint, read_metadata
+    from .checkpoint import WEIGHTS_DIR, load_analytical, load_checkpoint, read_metadata
     from .dataset import split_by_family
 
     dataset = Dataset.load(dataset_path)
@@ -336,10 +336,8 @@ def held_out_setup(
     meta = read_metadata(weights)
     test_families = tuple(meta.get("test_families") or DEFAULT_TEST_FAMILIES)
     train_idx, val_idx, test_idx = split_by_family(dataset, test_families)
-    analytical_path = Path(weights) / "analytical.json"
-    if analytical_path.exists():
-        analytical = AnalyticalCostModel.from_json(analytical_path.read_text())
-    else:
+    analytical = load_analytical(weights)
+    if analytical is None:
         fit_idx = np.concatenate([train_idx, val_idx])
         analytical = AnalyticalCostModel().fit(dataset.graphs(fit_idx), dataset.runtime_s[fit_idx])
     return dataset, {"learned": learned, "analytical": analytical}, test_idx, test_families

@@ -510,29 +510,12 @@ def _check_png(png: Path, dataset: Path) -> None:
 
 
 def _check_weights(weights: Path) -> None:
-    """The files of a `--weights` folder are readable files, and its `analytical.json`
-    parses (whether `model.json` and `model.eqx` hold valid weights is
-    `costmodel.load_checkpoint`'s to say, with a `WeightsError`)."""
-    from costmodel.analytical import AnalyticalCostModel
+    """A `--weights` folder holds loadable learned weights and, if any, a readable fit of
+    the analytical model (each problem is a `WeightsError` naming the file)."""
+    from costmodel.checkpoint import load_analytical, load_checkpoint
 
-    for name in ("model.json", "model.eqx", "analytical.json"):
-        file = weights / name
-        if not file.exists():
-            continue
-        if not file.is_file():
-            raise UsageError(f"broken weights folder {weights}: {file} is not a file")
-        try:
-            data = file.read_bytes()
-        except OSError as err:
-            raise UsageError(f"cannot read {file}: {err.strerror or err}") from None
-        if name == "analytical.json":
-            try:
-                AnalyticalCostModel.from_json(data.decode())
-            except (ValueError, KeyError, TypeError) as err:  # UnicodeDecodeError included
-                raise UsageError(
-                    f"broken weights folder {weights}: {file} is not an analytical cost model "
-                    f"({type(err).__name__}: {err}); retrain with `superopt train`"
-                ) from None
+    load_checkpoint(weights)
+    load_analytical(weights)
 
 
 @cache_app.command("ls")

@@ -97,15 +97,25 @@ def _learned(path: str, backend: str, fingerprint: str) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _analytical(path: str, fingerprint: str) -> Any:
+    # The fit stored next to the weights, else the calibrated roofline unfitted.
     from costmodel.analytical import AnalyticalCostModel
+    from costmodel.checkpoint import load_analytical
 
-    fitted = Path(path) / "analytical.json"
-    if fitted.exists():
-        try:
-            return AnalyticalCostModel.from_json(fitted.read_text())
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # an unreadable fit falls back to the calibrated, unfitted roofline
-    return AnalyticalCostModel()
+    return load_analytical(path) or AnalyticalCostModel()
+
+
+def _analytical_or_unfitted(path: Path, fingerprint: str, fallback: bool) -> tuple[Any, str]:
+    """`(the analytical model of weights directory path, a note)`: with `fallback`, an
+    unreadable `analytical.json` gives the unfitted roofline and a note saying so."""
+    from costmodel.analytical import AnalyticalCostModel
+    from costmodel.checkpoint import WeightsError
+
+    try:
+        return _analytical(str(path), fingerprint), ""
+    except WeightsError as err:
+        if not fallback:
+            raise
+        return AnalyticalCostModel(), f"{err}; the calibrated roofline is used without its fit"
 
 
 def default_weights() -> Path:
@@ -127,7 +137,10 @@ def resolve_model(
     - `model`: `"learned"`, `"analytical"` or a model object.
     - `weights`: a checkpoint directory (default the shipped weights for this backend).
     - `fallback`: on missing, corrupt or wrong-backend learned weights, use the analytical
-      model and say so in the note, instead of raising `WeightsError`.
+      model and say so in the note, instead of raising `WeightsError`; on a corrupt
+      `analytical.json` (the analytical model's fit, stored with the weights), use the
+      calibrated roofline unfitted and say so. A directory without `analytical.json` gives
+      the unfitted roofline either way.
 
     **Returns:** `(a costmodel.AbstractCostModel, its name, a note)`.
     """
@@ -141,14 +154,19 @@ def resolve_model(
         raise ValueError(_MODEL_MSG.format(model=model))
     fingerprint = weights_fingerprint(path)
     if model == "analytical":
-        return _analytical(str(path), fingerprint), "analytical", ""
+        analytical, note = _analytical_or_unfitted(path, fingerprint, fallback)
+        return analytical, "analytical", note
     try:
         return _learned(str(path), jax.default_backend(), fingerprint), "learned", ""
     except WeightsError as err:
         if not fallback:
             raise
-        note = f"learned model unavailable: {err}"
-        return _analytical(str(path), fingerprint), "analytical", note
+        analytical, note = _analytical_or_unfitted(path, fingerprint, fallback)
+        return (
+            analytical,
+            "analytical",
+            "; ".join(filter(None, [f"learned model unavailable: {err}", note])),
+        )
 
 
 def predict_runtime(
@@ -176,7 +194,8 @@ def predict_runtime(
     - `weights`: a checkpoint directory to use instead of the shipped weights.
     - `fallback`: if the learned weights are missing, corrupt or for another backend,
       predict with the analytical model (the result's `.note` says why) instead of
-      raising `WeightsError`.
+      raising `WeightsError`; if the analytical model's fit (`analytical.json` in the
+      weights directory) is corrupt, predict with the unfitted roofline and say so.
 
     **Returns:** a `RuntimePrediction`: the seconds as a float, with `.model`, `.spread`
     and `.note`. The note names control flow (`while`, `scan`, `cond`) whose inner

@@ -262,12 +262,18 @@ def test_a_file_that_is_no_dataset_is_one_line(tmp_path, command, kind):
 @pytest.mark.parametrize(
     "break_it,message",
     [
-        (lambda d: ((d / "model.json").unlink(), (d / "model.json").mkdir()), "is not a file"),
-        (lambda d: ((d / "model.eqx").unlink(), (d / "model.eqx").mkdir()), "is not a file"),
-        (lambda d: (d / "analytical.json").write_text("{nope"), "not an analytical cost model"),
-        (lambda d: (d / "analytical.json").write_text("{}"), "not an analytical cost model"),
+        (lambda d: ((d / "model.json").unlink(), (d / "model.json").mkdir()),
+         "model.json is not a readable cost-model metadata file (IsADirectoryError"),
+        (lambda d: ((d / "model.eqx").unlink(), (d / "model.eqx").mkdir()),
+         "model.eqx is corrupt or does not match"),
+        (lambda d: (d / "model.json").write_text('{"config": 3}'), "config must be a JSON object"),
+        (lambda d: (d / "analytical.json").write_text("{nope"),
+         "analytical.json is not a readable analytical cost model (JSONDecodeError"),
+        (lambda d: (d / "analytical.json").write_text("{}"),
+         "analytical.json is not a readable analytical cost model"),
+        (lambda d: (d / "analytical.json").write_bytes(b"\xff\xfe"), "UnicodeDecodeError"),
     ],
-)
+)  # fmt: skip
 def test_a_broken_weights_folder_is_one_line(tmp_path, break_it, message):
     from costmodel.checkpoint import WEIGHTS_DIR
 
@@ -277,4 +283,4 @@ def test_a_broken_weights_folder_is_one_line(tmp_path, break_it, message):
     data = tmp_path / "data.npz"
     data.write_bytes(b"never read")
     result = runner.invoke(app, ["evaluate", str(data), "--weights", str(weights)])
-    _one_error_line(result, f"broken weights folder {weights}", message)
+    _one_error_line(result, str(weights), message)

@@ -393,16 +393,31 @@ def test_analytical_json_that_is_not_an_object_is_a_value_error():
             AnalyticalCostModel.from_json(text)
 
 
-def test_a_corrupt_analytical_json_falls_back_to_the_unfitted_roofline(weights):
-    # `superopt._predict` reads analytical.json and, when it is unreadable, uses the
-    # calibrated roofline unfitted: a finite time rather than a ZeroDivisionError.
+def test_a_corrupt_analytical_json_is_an_error_naming_it_or_a_said_fallback(weights):
+    # Fitted with a bandwidth of 0, the roofline would divide by zero.
     (weights / "analytical.json").write_text(
         _analytical(lambda d: d["calibration"].update(bandwidth=0))
     )
     before = snapshot(weights)
-    seconds = superopt.predict_runtime(f, *ARGS, model="analytical", weights=weights)
+    with pytest.raises(WeightsError, match=r"analytical\.json is not a readable.*bandwidth"):
+        superopt.predict_runtime(f, *ARGS, model="analytical", weights=weights)
+    seconds = superopt.predict_runtime(f, *ARGS, model="analytical", weights=weights, fallback=True)
     assert seconds.model == "analytical" and math.isfinite(seconds) and seconds > 0
+    assert "analytical.json" in seconds.note and "without its fit" in seconds.note
+    assert seconds == superopt.predict_runtime(f, *ARGS, model=AnalyticalCostModel())
     assert snapshot(weights) == before
+    # Falling back from broken learned weights says both.
+    (weights / "model.json").write_text("{")
+    seconds = superopt.predict_runtime(f, *ARGS, weights=weights, fallback=True)
+    assert seconds.model == "analytical"
+    assert "learned model unavailable" in seconds.note and "without its fit" in seconds.note
+
+
+def test_a_folder_without_analytical_json_uses_the_unfitted_roofline(weights):
+    (weights / "analytical.json").unlink()
+    seconds = superopt.predict_runtime(f, *ARGS, model="analytical", weights=weights)
+    assert seconds.note == ""
+    assert seconds == superopt.predict_runtime(f, *ARGS, model=AnalyticalCostModel())
 
 
 def test_a_corrupt_cached_calibration_is_measured_again(tmp_path, monkeypatch):
