@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
+import itertools
 import json
 import keyword
 import re
@@ -28,7 +30,7 @@ import numpy as np
 
 from . import _cache, _tune, _verify
 from ._codegen import render, to_callable
-from ._errors import CacheError, SearchError, TraceError
+from ._errors import CacheError, SearchError, SignatureError, TraceError
 from ._extract import check_cost_model
 from ._report import Report, verdict_dict
 from ._rules import select_rules
@@ -52,13 +54,17 @@ class Optimized:
 
     Calling it takes the same arguments as the original (pytrees in and out, static
     arguments in the same positions) with the shapes and dtypes it was optimized for;
-    other shapes raise `SignatureError`. The call is jitted and works under `jax.grad`,
-    `jax.vmap` and `jax.jit`. A rewritten program keeps the custom differentiation rules
-    (`jax.custom_jvp`, `jax.custom_vjp`) of the original as calls that carry them, except
-    those JAX itself defines (`jax.nn.relu`, `jax.nn.silu`, ...), which are inlined so that
-    rewrites see through them: where such a rule picks a value (relu's gradient at exactly
-    0) the derivative can differ. A function returned unchanged is the original, rules and
-    all.
+    other shapes raise `SignatureError`. The example call passed its arguments by
+    position, and those are the ones it takes: each by position, or by the name of its
+    parameter where the original's signature has one (`opt(x, w=w)`). A parameter the
+    example call did not pass keeps its default: passing it (a keyword-only one, say)
+    raises `SignatureError`; `@superopt.jit` takes keyword arguments as `jax.jit` does.
+    The call is jitted and works under `jax.grad`, `jax.vmap` and `jax.jit`. A rewritten
+    program keeps the custom differentiation rules (`jax.custom_jvp`, `jax.custom_vjp`) of
+    the original as calls that carry them, except those JAX itself defines (`jax.nn.relu`,
+    `jax.nn.silu`, ...), which are inlined so that rewrites see through them: where such a
+    rule picks a value (relu's gradient at exactly 0) the derivative can differ. A function
+    returned unchanged is the original, rules and all.
 
     **Attributes:**
 
@@ -104,14 +110,90 @@ class Optimized:
     def reference(self) -> Callable[..., Any]:
         return self._reference
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            args = self._bind(args, kwargs)
         if self._program is None:
             # The original function: check the signature here, as the program path does.
             self._traced.flatten_args(args)
         return self._call(*args)
 
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """`args` with `kwargs` put in the positions of their parameters, those the example
+        call passed by position; a position left out takes its parameter's default."""
+        layout = self._positional_parameters
+        name = _function_name(self._reference)
+        if layout is None:
+            raise SignatureError(
+                f"{name} has no signature superopt can read, so its optimized version takes "
+                f"arguments by position only, got keyword argument {next(iter(kwargs))!r}"
+            )
+        signature, params, nargs = layout
+        full: list[Any] = [*args, *[_UNSET] * (nargs - len(args))]
+        for key, value in kwargs.items():
+            param = signature.parameters.get(key)
+            i = next((i for i, p in enumerate(params) if p.name == key), None)
+            if param is not None and param.kind is inspect.Parameter.POSITIONAL_ONLY:
+                problem = f"{key!r} is a positional-only parameter of {name}"
+            elif param is not None and param.kind is inspect.Parameter.KEYWORD_ONLY:
+                problem = (f"{key!r} is a keyword-only parameter of {name}, which the example "
+                           "call left at its default")  # fmt: skip
+            elif i is None and any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+                problem = (f"keyword argument {key!r} would go to the **keywords of {name}, "
+                           "which the example call left empty")  # fmt: skip
+            elif i is None:
+                problem = f"{name}() got an unexpected keyword argument {key!r}"
+            elif i < len(args):
+                problem = f"{name}() got argument {key!r} both by position and by keyword"
+            elif i >= nargs:
+                problem = (f"{key!r} is not among the arguments of the example call, which "
+                           "left it at its default")  # fmt: skip
+            else:
+                full[i] = value
+                continue
+            raise SignatureError(f"{problem}; {_accepts(name, params, nargs)}")
+        for i in range(len(args), nargs):
+            if full[i] is _UNSET:
+                default = params[i].default if i < len(params) else inspect.Parameter.empty
+                if default is inspect.Parameter.empty:
+                    what = repr(params[i].name) if i < len(params) else f"at position {i}"
+                    raise SignatureError(
+                        f"{name}() is missing argument {what}; {_accepts(name, params, nargs)}"
+                    )
+                full[i] = default
+        return tuple(full)
+
+    @functools.cached_property
+    def _positional_parameters(
+        self,
+    ) -> tuple[inspect.Signature, list[inspect.Parameter], int] | None:
+        """The reference's signature, its parameters that take a position, and how many
+        positional arguments the example call passed; `None` without a signature."""
+        try:
+            signature = inspect.signature(self._reference)
+        except (TypeError, ValueError):
+            return None
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        params = list(
+            itertools.takewhile(lambda p: p.kind in positional, signature.parameters.values())
+        )
+        traced = self._traced
+        nargs = len(jax.tree_util.treedef_children(traced.in_tree)) + len(traced.static_args)
+        return signature, params, nargs
+
     def __repr__(self) -> str:
         return f"<superopt.Optimized {self._report.summary}>"
+
+
+_UNSET = object()
+
+
+def _accepts(name: str, params: list[inspect.Parameter], nargs: int) -> str:
+    """What an optimized function takes, for the end of a `SignatureError`."""
+    named = [p.name for p in params[:nargs] if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    how = f"by position or by name ({', '.join(named)})" if named else "by position only"
+    return (f"the optimized {name} takes the {nargs} argument(s) of the example call, {how}; "
+            "use @superopt.jit for other keyword arguments")  # fmt: skip
 
 
 def optimize(
@@ -147,7 +229,10 @@ def optimize(
     - `fn`: the function, plain or already wrapped in `jax.jit`.
     - `*example_args`: example arguments (arrays, numbers, pytrees of them). The result
       accepts arguments of exactly these shapes and dtypes; verification also runs on
-      these values.
+      these values. They are positional: the result takes each by position or by its
+      parameter's name, and other keyword arguments not at all (`optimize`'s own keywords
+      are its options). To optimize for a keyword argument, bind it in a wrapper
+      (`lambda x, w: fn(x, w=w)`) or use `@superopt.jit`, which takes them as `jax.jit` does.
     - `cost_model`: `"learned"`, `"analytical"` or a cost model object; ranks candidates.
     - `budget`: how many candidates may be timed on the hardware. `0` trusts the cost
       model and times nothing. `N > 0` verifies and times at most `N` candidates (the

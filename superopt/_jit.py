@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -11,37 +13,68 @@ import numpy as np
 
 from ._api import _NOT_CALLABLE_MSG, Optimized, _function_name, optimize
 from ._errors import SignatureError, TraceError
-from ._trace import ArgSpec, static_positions
+from ._trace import ArgSpec
 
 _UNHASHABLE_STATIC_MSG = (
-    "static argument {index} ({value!r}) is not hashable, so @superopt.jit cannot key its "
+    "static argument {which} ({value!r}) is not hashable, so @superopt.jit cannot key its "
     "cache on it. Pass a hashable value (a tuple instead of a list, say), or call "
     "`superopt.optimize(fn, *args, static_argnums=...)` directly."
 )
+
+_Parameter = inspect.Parameter
+_POSITIONAL = (_Parameter.POSITIONAL_ONLY, _Parameter.POSITIONAL_OR_KEYWORD)
+_VARIADIC = (_Parameter.VAR_POSITIONAL, _Parameter.VAR_KEYWORD)
+# A call's layout: how many positional arguments, and the names of the keyword ones, sorted.
+_Layout = tuple[int, tuple[str, ...]]
 
 
 class Jitted:
     """`@superopt.jit`: optimizes a function once per input signature, like `jax.jit`.
 
     The signature is the pytree structure of the arguments, the shape, dtype and weak
-    typing of each leaf (a Python scalar is not a typed one), and the values of the static
-    arguments. Each new signature runs
+    typing of each leaf (a Python scalar is not a typed one), the names of the keyword
+    arguments, and the values of the static arguments. Each new signature runs
     `superopt.optimize` on the first arguments that have it; later calls reuse the result.
+
+    Keyword arguments are dynamic (pytrees of arrays) unless named in `static_argnames`,
+    as in `jax.jit`; the order they come in does not matter, but passing an argument by
+    keyword is another signature than passing it by position. Where the function's
+    signature can be read, a parameter named in `static_argnames` is static when passed
+    by position too, and one whose position is in `static_argnums` when passed by
+    keyword, unless both options are given (then each counts only as it says, as in
+    `jax.jit`).
 
     **Arguments:**
 
     - `fn`: the function to optimize.
-    - `**options`: keyword options of `superopt.optimize` (`static_argnums`, `budget`, ...).
+    - `static_argnums`: positions of static arguments: hashable Python values, not
+      arrays, that key the cache (negative ones count from the end of the call).
+    - `static_argnames`: names of static keyword arguments (a str or a sequence of str).
+    - `**options`: the other keyword options of `superopt.optimize` (`budget`, ...).
+
+    **Raises:** `ValueError` if `static_argnums` is out of range for the function's
+    positional parameters or `static_argnames` names a parameter it does not take by
+    keyword (both as `jax.jit` checks them); `TypeError` if they are not ints and strs.
     """
 
-    def __init__(self, fn: Callable[..., Any], **options: Any):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *,
+        static_argnums: int | Sequence[int] | None = None,
+        static_argnames: str | Iterable[str] | None = None,
+        **options: Any,
+    ):
         if not callable(fn):
             raise TraceError(_NOT_CALLABLE_MSG.format(kind=type(fn).__name__, value=fn))
-        static = options.get("static_argnums", ())
-        options["static_argnums"] = (static,) if isinstance(static, int) else tuple(static)
+        self._static_argnums, self._static_argnames = _static_arguments(
+            fn, static_argnums, static_argnames
+        )
         self._fn = fn
         self._options = options
         self._optimized: dict[Any, Optimized] = {}
+        self._static: dict[_Layout, tuple[int, ...]] = {}
         try:
             functools.update_wrapper(self, fn, updated=())
         except (AttributeError, TypeError):
@@ -52,39 +85,147 @@ class Jitted:
         """The `Optimized` functions built so far, by signature."""
         return dict(self._optimized)
 
-    def __call__(self, *args: Any) -> Any:
-        static = static_positions(self._options["static_argnums"], len(args))
-        key, has_tracers = self._signature(args, static)
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        # Keyword arguments go after the positional ones, in the order of their names.
+        names = tuple(sorted(kwargs)) if kwargs else ()
+        flat = (*args, *(kwargs[k] for k in names)) if kwargs else args
+        layout = (len(args), names)
+        static = self._static.get(layout)
+        if static is None:
+            static = self._static[layout] = self._static_positions(layout)
+        key, has_tracers = self._signature(flat, layout, static)
         opt = self._optimized.get(key)
         if opt is None:
-            examples = args
+            target = _with_keywords(self._fn, layout) if names else self._fn
+            examples = flat
             if has_tracers:
                 # Inside another transformation: optimize on concrete stand-ins of the same
                 # shapes, outside the enclosing trace, then call through with the tracers.
-                examples = tuple(_concrete_like(a, i in static) for i, a in enumerate(args))
+                examples = tuple(_concrete_like(a, i in static) for i, a in enumerate(flat))
                 with jax.ensure_compile_time_eval():
-                    opt = optimize(self._fn, *examples, **self._options)
+                    opt = optimize(target, *examples, static_argnums=static, **self._options)
             else:
-                opt = optimize(self._fn, *examples, **self._options)
+                opt = optimize(target, *examples, static_argnums=static, **self._options)
             self._optimized[key] = opt
-        return opt(*args)
+        return opt(*flat)
 
-    def _signature(self, args: tuple[Any, ...], static: tuple[int, ...]) -> tuple[Any, bool]:
+    def _static_positions(self, layout: _Layout) -> tuple[int, ...]:
+        """The static positions among a call's flat arguments (`__call__`)."""
+        nargs, names = layout
+        positions = {i + nargs if i < 0 else i for i in self._static_argnums}
+        keywords = (nargs + j for j, name in enumerate(names) if name in self._static_argnames)
+        return (*sorted(i for i in positions if 0 <= i < nargs), *keywords)
+
+    def _signature(
+        self, flat: tuple[Any, ...], layout: _Layout, static: tuple[int, ...]
+    ) -> tuple[Any, bool]:
         static_values = []
-        for i in static:  # positions within args (`static_positions`)
+        for i in static:  # positions within flat (`_static_positions`)
             try:
-                hash(args[i])
+                hash(flat[i])
             except TypeError as err:
-                raise SignatureError(_UNHASHABLE_STATIC_MSG.format(index=i, value=args[i])) from err
-            static_values.append((i, args[i]))
-        dynamic = [a for i, a in enumerate(args) if i not in static]
+                nargs, names = layout
+                which = i if i < nargs else repr(names[i - nargs])
+                msg = _UNHASHABLE_STATIC_MSG.format(which=which, value=flat[i])
+                raise SignatureError(msg) from err
+            static_values.append((i, flat[i]))
+        dynamic = [a for i, a in enumerate(flat) if i not in static]
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
         specs = tuple((spec.shape, str(spec.dtype), spec.weak) for spec in map(ArgSpec.of, leaves))
         has_tracers = any(isinstance(x, jax.core.Tracer) for x in leaves)
-        return (len(args), tree, specs, tuple(static_values)), has_tracers
+        return (layout, tree, specs, tuple(static_values)), has_tracers
 
     def __repr__(self) -> str:
         return f"<superopt.jit {_function_name(self._fn)}: {len(self._optimized)} signature(s)>"
+
+
+def _static_arguments(
+    fn: Callable[..., Any],
+    argnums: int | Sequence[int] | None,
+    argnames: str | Iterable[str] | None,
+) -> tuple[tuple[int, ...], frozenset[str]]:
+    """`static_argnums` and `static_argnames`, each completed from the other through
+    `fn`'s signature when only one is given, and checked against it, as `jax.jit` does."""
+    nums = None if argnums is None else _index_tuple(argnums)
+    names = None if argnames is None else _name_tuple(argnames)
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin: no names to map, nothing to check
+        return nums or (), frozenset(names or ())
+    params = list(signature.parameters.values())
+    by_name = _Parameter.POSITIONAL_OR_KEYWORD
+    mapped = [(i, p.name) for i, p in enumerate(params) if p.kind is by_name]
+    if nums is None and names is not None:
+        nums = tuple(i for i, name in mapped if name in names)
+    elif names is None and nums is not None:
+        names = tuple(name for i, name in mapped if i in nums)
+    nums, names = nums or (), names or ()
+
+    fname = _function_name(fn)
+    kinds = {p.kind for p in params}
+    if _Parameter.VAR_POSITIONAL not in kinds:
+        count = sum(p.kind in _POSITIONAL for p in params)
+        for i in nums:
+            if not -count <= i < count:
+                raise ValueError(
+                    f"static_argnums {i} is out of range: {fname} takes {count} positional "
+                    "argument(s)"
+                )
+    for name in names:
+        param = signature.parameters.get(name)
+        if param is not None and param.kind is _Parameter.POSITIONAL_ONLY:
+            raise ValueError(
+                f"static_argnames names {name!r}, a positional-only parameter of {fname}; "
+                "give its position in static_argnums instead"
+            )
+        if _Parameter.VAR_KEYWORD not in kinds and (
+            param is None or param.kind is _Parameter.VAR_POSITIONAL
+        ):
+            takes = [p.name for p in params if p.kind not in _VARIADIC]
+            raise ValueError(
+                f"static_argnames names {name!r}, which is not a parameter of {fname} "
+                f"(it takes {', '.join(takes) or 'no named parameters'})"
+            )
+    return nums, frozenset(names)
+
+
+def _index_tuple(argnums: Any) -> tuple[int, ...]:
+    items = (argnums,) if isinstance(argnums, int | np.integer) else argnums
+    try:
+        if any(isinstance(i, bool) for i in items):
+            raise TypeError
+        return tuple(operator.index(i) for i in items)
+    except TypeError:
+        raise TypeError(
+            f"static_argnums must be an int or a sequence of ints, got {argnums!r}"
+        ) from None
+
+
+def _name_tuple(argnames: Any) -> tuple[str, ...]:
+    items = (argnames,) if isinstance(argnames, str) else argnames
+    try:
+        names = tuple(items)
+    except TypeError:
+        names = (argnames,)
+    if not all(isinstance(name, str) for name in names):
+        raise TypeError(f"static_argnames must be a str or a sequence of str, got {argnames!r}")
+    return names
+
+
+def _with_keywords(fn: Callable[..., Any], layout: _Layout) -> Callable[..., Any]:
+    """`fn` taking all its arguments by position: the positional ones, then the values of
+    the keyword ones `layout` names, in that order. It bears `fn`'s name, for the report
+    and the generated source."""
+    nargs, names = layout
+
+    def call(*flat: Any) -> Any:
+        return fn(*flat[:nargs], **dict(zip(names, flat[nargs:])))
+
+    name = _function_name(fn)
+    call.__qualname__, call.__name__ = name, name.rsplit(".", 1)[-1]
+    call.__module__ = getattr(fn, "__module__", None) or call.__module__
+    call.__doc__ = getattr(fn, "__doc__", None)
+    return call
 
 
 def _concrete_like(arg: Any, is_static: bool) -> Any:
@@ -111,11 +252,15 @@ def jit(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Optimize `fn` per input signature, like `jax.jit`.
 
     Use as `@superopt.jit`, `@superopt.jit(budget=4)` or `superopt.jit(fn, **options)`.
+    Call the result with positional and keyword arguments, as `fn` takes them; keyword
+    arguments are dynamic unless named in `static_argnames`, as in `jax.jit`:
+    `@superopt.jit(static_argnames="training")` then `layer(x, training=False)`.
 
     **Arguments:**
 
     - `fn`: the function; omit it to get a decorator with `options` bound.
-    - `**options`: keyword options of `superopt.optimize`.
+    - `**options`: `static_argnums`, `static_argnames` (see `Jitted`) and the keyword
+      options of `superopt.optimize`.
 
     **Returns:** a `Jitted` callable (or a decorator making one).
     """

@@ -282,7 +282,7 @@ def test_trace_and_codegen_of_a_transformer_is_fast() -> None:
     superopt.to_callable(traced.program)
     elapsed = time.perf_counter() - start
     assert len(traced.program.nodes()) > 800
-    assert elapsed < 1.0, f"trace + codegen took {elapsed:.2f} s"
+    assert elapsed < 2.0, f"trace + codegen took {elapsed:.2f} s"  # about 0.15 s alone
 
 
 def test_typed_keys_made_by_known_ops_stay_opaque() -> None:
