@@ -620,12 +620,13 @@ def _environment(cost_model: Any) -> dict[str, str]:
     devices = jax.devices()
     if cost_model is None:
         model_name = "default"
-    elif cost_model == "learned":
+    elif cost_model in ("learned", "analytical"):
         from ._predict import resolve_model
 
-        # Missing or foreign weights make the search fall back to the analytical model;
-        # the report must say which model ranked the candidates, and why.
-        _, name, note = resolve_model("learned", fallback=True)
+        # Missing or foreign weights make the search fall back to the analytical model (a
+        # corrupt fit of it, to the unfitted roofline); the report must say which model
+        # ranked the candidates, and why.
+        _, name, note = resolve_model(cost_model, fallback=True)
         model_name = name if not note else f"{name} ({note})"
     elif isinstance(cost_model, str):
         model_name = cost_model

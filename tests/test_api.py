@@ -491,6 +491,23 @@ def test_report_names_the_fallback_when_learned_weights_are_missing(tmp_path, mo
     np.testing.assert_allclose(opt(x), (x @ x) @ x[:, :1], rtol=1e-5)
 
 
+def test_report_names_a_corrupt_analytical_fit(tmp_path, monkeypatch):
+    import shutil
+
+    from superopt import _predict
+
+    weights = tmp_path / "weights"
+    shutil.copytree(_predict.default_weights(), weights)
+    (weights / "analytical.json").write_text('{"coef": "nope"}')
+    monkeypatch.setattr(_predict, "default_weights", lambda: weights)
+    x = jnp.ones((4, 4))
+    opt = superopt.optimize(lambda a: (a @ a) @ a[:, :1], x, cost_model="analytical", cache=False)
+    assert opt.report.cost_model.startswith("analytical (")
+    assert "analytical.json is not a readable analytical cost model" in opt.report.cost_model
+    assert "without its fit" in opt.report.cost_model
+    np.testing.assert_allclose(opt(x), (x @ x) @ x[:, :1], rtol=1e-5)
+
+
 def test_a_python_scalar_and_a_typed_one_are_different_signatures():
     # `2 * int8` is int8 but `int32(2) * int8` is int32: a program traced with a Python
     # scalar must not run for a typed one (it would wrap around in int8).
