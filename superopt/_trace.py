@@ -327,7 +327,10 @@ def trace(
         closed = jax.make_jaxpr(flat_fn)(*leaves)
     except Exception as err:
         name = getattr(fn, "__name__", repr(fn))
-        raise TraceError(f"tracing {name} with the example arguments failed: {err}") from err
+        # A forgotten static argument comes first: the CLI prints only the first line.
+        hint = _jit_static_hint(fn, len(args), static_argnums)
+        reason = f"{hint} (JAX: {err})" if hint else str(err)
+        raise TraceError(f"tracing {name} with the example arguments failed: {reason}") from err
     builder = _Builder()
     specs = []
     inputs = []
@@ -338,3 +341,20 @@ def trace(
     outputs = builder.convert(closed.jaxpr, closed.consts, inputs)
     program = Program(tuple(inputs), tuple(outputs), builder.consts)
     return Traced(program, in_tree, out_tree_box[-1], tuple(specs), static_argnums, static_args)
+
+
+def _jit_static_hint(fn: Callable[..., Any], nargs: int, static_argnums: tuple[int, ...]) -> str:
+    """For a `jax.jit` function whose own static arguments (`static_argnums`,
+    `static_argnames`) the trace passed as arrays: a sentence naming their positions."""
+    try:
+        declared = tuple(int(i) % nargs for i in fn._jit_info.static_argnums if -nargs <= i < nargs)
+    except Exception:  # not a jax.jit function (the attribute is JAX's own)
+        return ""
+    missing = sorted(set(declared) - set(static_argnums))
+    if not missing:
+        return ""
+    wanted = tuple(sorted({*declared, *static_argnums}))
+    return (
+        f"it is a jax.jit function with static arguments at positions {tuple(missing)}, "
+        f"which superopt traced as arrays: pass static_argnums={wanted} to superopt as well"
+    )
