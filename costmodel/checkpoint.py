@@ -12,7 +12,7 @@ import importlib.metadata
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -25,7 +25,7 @@ from .analytical import AnalyticalCostModel
 from .config import TrainConfig
 from .dataset import Dataset
 from .features import NUM_FEATURES, OPCODES
-from .model import GraphModel, LearnedCostModel
+from .model import UNCERTAIN_SPREAD, GraphModel, LearnedCostModel
 
 FORMAT_VERSION = 2
 
@@ -63,6 +63,8 @@ def save_checkpoint(
         "config": {**config.__dict__, "ensemble": len(model.networks)},
         "log_offset": model.log_offset,
         "base": model.base.to_json() if model.base is not None else None,
+        "fallback": model.fallback.to_json() if model.fallback is not None else None,
+        "uncertain_spread": model.uncertain_spread,
         "num_features": NUM_FEATURES,
         "num_opcodes": len(OPCODES),
         "trained_opcodes": model.trained_opcodes,
@@ -112,10 +114,30 @@ def _check_int(value: Any, name: str, minimum: int, maximum: int | None = None) 
     return value
 
 
-def _check_meta(meta: Any) -> tuple[TrainConfig, float, tuple[str, ...] | None, Any]:
-    """`(config, log offset, trained opcodes, base model)` of a checkpoint's parsed
-    `model.json`: each field `load_checkpoint` uses, checked. Raises `ValueError` (or
-    `KeyError`, `TypeError`) naming the bad field."""
+class _Meta(NamedTuple):
+    config: TrainConfig
+    log_offset: float
+    trained_opcodes: tuple[str, ...] | None
+    base: AnalyticalCostModel | None
+    fallback: AnalyticalCostModel | None
+    uncertain_spread: float
+
+
+def _analytical_field(meta: dict[str, Any], key: str, what: str) -> AnalyticalCostModel | None:
+    """The analytical model in `meta[key]` (a JSON string), or `None` if absent."""
+    if not meta.get(key):
+        return None
+    if not isinstance(meta[key], str):
+        raise ValueError(f"{key} must be a JSON string, not {type(meta[key]).__name__}")
+    try:
+        return AnalyticalCostModel.from_json(meta[key])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{key} ({what}): {err}") from err
+
+
+def _check_meta(meta: Any) -> _Meta:
+    """The fields of a checkpoint's parsed `model.json` that `load_checkpoint` uses, each
+    checked. Raises `ValueError` (or `KeyError`, `TypeError`) naming the bad field."""
     if not isinstance(meta, dict):
         raise ValueError(f"it holds a JSON {type(meta).__name__}, not an object")
     if not isinstance(meta.get("config"), dict):
@@ -142,15 +164,17 @@ def _check_meta(meta: Any) -> tuple[TrainConfig, float, tuple[str, ...] | None, 
         if bad:
             raise ValueError(f"trained_opcodes must be op names, not {bad[0]!r}")
         trained_opcodes = tuple(trained_opcodes)
-    base = None
-    if meta.get("base"):
-        if not isinstance(meta["base"], str):
-            raise ValueError(f"base must be a JSON string, not {type(meta['base']).__name__}")
-        try:
-            base = AnalyticalCostModel.from_json(meta["base"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"base (the analytical model it corrects): {err}") from err
-    return cfg, float(offset), trained_opcodes, base
+    base = _analytical_field(meta, "base", "the analytical model it corrects")
+    # Absent from weights written before the networks leaned on the roofline.
+    fallback = _analytical_field(meta, "fallback", "the model it leans on where unsure")
+    threshold = meta.get("uncertain_spread", UNCERTAIN_SPREAD)
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not 0 < threshold < float("inf")
+    ):
+        raise ValueError(f"uncertain_spread must be a positive number, not {threshold!r}")
+    return _Meta(cfg, float(offset), trained_opcodes, base, fallback, float(threshold))
 
 
 def _float32_like(tree: Any) -> Any:
@@ -222,7 +246,8 @@ def load_checkpoint(path: str | Path, backend: str | None = None) -> LearnedCost
         )
     try:
         meta = json.loads(meta_path.read_text())
-        cfg, offset, trained_opcodes, base = _check_meta(meta)
+        checked = _check_meta(meta)
+        cfg = checked.config
     except Exception as err:  # unreadable, not JSON, or a field out of range
         reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
         raise WeightsError(
@@ -274,11 +299,13 @@ def load_checkpoint(path: str | Path, backend: str | None = None) -> LearnedCost
             blank,
             np.zeros(NUM_FEATURES, np.float32),
             np.ones(NUM_FEATURES, np.float32),
-            offset,
+            checked.log_offset,
             cfg.batch_graphs,
-            base,
+            checked.base,
             (blank,) * (cfg.ensemble - 1),
-            trained_opcodes,
+            checked.trained_opcodes,
+            checked.fallback,
+            checked.uncertain_spread,
         )
     except Exception as err:
         raise WeightsError(

@@ -293,8 +293,8 @@ def _encode(network: GraphModel, opcode: Array, feat: Array) -> Array:
     return network.encode(opcode, feat)[1]
 
 
-# An ensemble spread (`LearnedCostModel.spread`) above this marks a prediction as uncertain.
-# The shipped networks never exceed it on their validation families.
+# An ensemble spread (`LearnedCostModel.spread`) above this marks a prediction as uncertain
+# when the weights do not record their own threshold (`LearnedCostModel.uncertain_spread`).
 UNCERTAIN_SPREAD = 0.10
 
 # Training scales each node feature by its standard deviation plus this floor, so a column
@@ -325,6 +325,17 @@ class LearnedCostModel(AbstractCostModel):
       prediction is the mean of all networks' log seconds (an ensemble).
     - `trained_opcodes`: the ops of the programs the networks were trained on (`None`:
       not recorded). Any other op keeps the embedding it was initialized with.
+    - `fallback`: a model to lean on where the networks disagree (the fitted roofline);
+      `None` for none.
+    - `uncertain_spread`: the `spread` above which a prediction is uncertain: training
+      sets it to the largest spread of the networks on the validation programs.
+
+    With a `fallback` and more than one network, a program on which the networks disagree
+    by more than `uncertain_spread` gets a weighted geometric mean of the two models:
+    the networks' weight is `uncertain_spread / spread`, the fallback's the rest. The
+    networks agree on programs like those they were trained on and scatter on others (a
+    program of a family they never saw), where the roofline, fitted over every family,
+    extrapolates better. `score_nodes` (what extraction sums) is the networks' alone.
     """
 
     network: GraphModel
@@ -335,6 +346,8 @@ class LearnedCostModel(AbstractCostModel):
     base: AbstractCostModel | None = None
     members: tuple[GraphModel, ...] = ()
     trained_opcodes: tuple[str, ...] | None = eqx.field(static=True, default=None)
+    fallback: AbstractCostModel | None = None
+    uncertain_spread: float = eqx.field(static=True, default=UNCERTAIN_SPREAD)
 
     @property
     def networks(self) -> tuple[GraphModel, ...]:
@@ -403,15 +416,31 @@ class LearnedCostModel(AbstractCostModel):
         return out
 
     def score_programs(self, graphs: Sequence[GraphArrays]) -> np.ndarray:
-        return self._seconds(self.member_log_seconds(graphs))
+        return self.score_with_spread(graphs)[0]
 
     def score_with_spread(self, graphs: Sequence[GraphArrays]) -> tuple[np.ndarray, np.ndarray]:
         """`score_programs` and `spread` of `graphs` from one pass of the networks."""
         logs = self.member_log_seconds(graphs)
-        return self._seconds(logs), self._spread(logs)
+        spread = self._spread(logs)
+        log_s = logs.mean(0).astype(np.float64) + self.log_offset
+        weight = self.learned_weight(spread)
+        lean = np.flatnonzero(weight < 1.0)
+        if len(lean) and self.fallback is not None:
+            other = self.fallback.score_programs([graphs[i] for i in lean])
+            log_other = np.log(np.maximum(np.asarray(other, np.float64), 1e-12))
+            log_s[lean] = weight[lean] * log_s[lean] + (1.0 - weight[lean]) * log_other
+        return np.exp(log_s), spread
 
-    def _seconds(self, logs: np.ndarray) -> np.ndarray:
-        return np.exp(logs.mean(0).astype(np.float64) + self.log_offset)
+    def learned_weight(self, spread: np.ndarray) -> np.ndarray:
+        """The networks' weight in a prediction of ensemble spread `spread` (1 where the
+        spread is at most `uncertain_spread`, or without a `fallback`; the rest is the
+        fallback's)."""
+        spread = np.asarray(spread, np.float64)
+        if self.fallback is None:
+            return np.ones_like(spread)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            weight = np.minimum(1.0, self.uncertain_spread / spread)
+        return np.where(np.isnan(spread), 1.0, weight)
 
     def _spread(self, logs: np.ndarray) -> np.ndarray:
         if len(self.networks) < 2:
@@ -424,8 +453,8 @@ class LearnedCostModel(AbstractCostModel):
         about +-10%). NaN for a single network, which has no one to disagree with.
 
         A program unlike those in training gets a wide spread: the shipped networks stay
-        under `UNCERTAIN_SPREAD` on their validation families, and on held-out families
-        their predictions above it were the worst (the README has the numbers)."""
+        at or under `uncertain_spread` on their validation families, and on held-out
+        families their predictions above it were the worst (the card has the numbers)."""
         if len(self.networks) < 2:
             return np.full(len(graphs), np.nan)
         return self._spread(self.member_log_seconds(graphs))

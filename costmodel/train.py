@@ -4,7 +4,9 @@ Loss = MSE on log runtime + a pairwise hinge rank loss between variants of one p
 ranking is what the search uses). Batches are whole groups of variants; splits are by family
 (`costmodel.dataset.split_by_family`); training stops early when the validation loss has not
 improved for `patience` evaluations, keeping the best weights. `TrainConfig.ensemble`
-networks are trained this way from different initializations and averaged in log space.
+networks are trained this way from different initializations and averaged in log space;
+where they disagree by more than they do on any validation program, the prediction leans
+on the fitted roofline (`LearnedCostModel.fallback`).
 The result is saved with `costmodel.checkpoint.save_checkpoint`.
 """
 
@@ -25,8 +27,16 @@ import optax
 from .checkpoint import WEIGHTS_DIR, device_info, save_checkpoint
 from .config import TrainConfig
 from .dataset import Dataset, split_by_family
-from .features import FEATURE_INDEX, OPCODES, UNKNOWN
-from .model import FEATURE_STD_FLOOR, Batch, GraphModel, LearnedCostModel, bucket, pack
+from .features import FEATURE_INDEX, OPCODES, UNKNOWN, GraphArrays
+from .model import (
+    FEATURE_STD_FLOOR,
+    UNCERTAIN_SPREAD,
+    Batch,
+    GraphModel,
+    LearnedCostModel,
+    bucket,
+    pack,
+)
 
 
 @dataclass
@@ -294,6 +304,8 @@ def train(
         tuple(networks[1:]),
         trained_opcodes,
     )
+    if baseline is not None and len(networks) > 1:
+        model = _with_fallback(model, baseline, dataset.graphs(val_idx))
     result = TrainResult(
         model,
         config,
@@ -314,6 +326,17 @@ def train(
             extra={"test_families": list(test_families)},
         )
     return result
+
+
+def _with_fallback(
+    model: LearnedCostModel, fallback: Any, val_graphs: list[GraphArrays]
+) -> LearnedCostModel:
+    """`model` leaning on `fallback` where its networks disagree by more than they do on
+    any validation program (`UNCERTAIN_SPREAD` when there are none)."""
+    spread = model.spread(val_graphs) if val_graphs else np.zeros(0)
+    largest = float(np.max(spread, initial=0.0))
+    threshold = largest if np.isfinite(largest) and largest > 0 else UNCERTAIN_SPREAD
+    return dataclasses.replace(model, fallback=fallback, uncertain_spread=threshold)
 
 
 def _fit_network(

@@ -453,11 +453,12 @@ def rerank(
 def model_doubts(cost_model: NodeCostModel, programs: Sequence[Program]) -> str:
     """A sentence on why a learned model's ranking of `programs` (the candidates that
     matter: its pick and the reference) is rough, or `""`: ops no training program had,
-    or networks that disagree by more than `costmodel.model.UNCERTAIN_SPREAD`."""
+    or networks that disagree by more than they did on any validation program
+    (`LearnedCostModel.uncertain_spread`)."""
     if not isinstance(cost_model, CostModelNodes) or not programs:
         return ""
     from costmodel.features import featurize_program
-    from costmodel.model import UNCERTAIN_SPREAD, LearnedCostModel
+    from costmodel.model import LearnedCostModel
 
     model = cost_model.model
     if not isinstance(model, LearnedCostModel):
@@ -468,8 +469,9 @@ def model_doubts(cost_model: NodeCostModel, programs: Sequence[Program]) -> str:
     doubts = []
     if untrained:
         doubts.append(f"has not learned the cost of {', '.join(untrained)}")
-    if spread > UNCERTAIN_SPREAD:
-        doubts.append(f"has networks that disagree by {spread:.0%} here")
+    if spread > model.uncertain_spread:
+        lean = " (its prediction leans on the roofline)" if model.fallback is not None else ""
+        doubts.append(f"has networks that disagree by {spread:.0%} here{lean}")
     if not doubts:
         return ""
     return (

@@ -201,12 +201,13 @@ def predict_runtime(
     and `.note`. The note names control flow (`while`, `scan`, `cond`) whose inner
     computation the trace keeps opaque (the models do not see the work inside it), ops
     that no training program of the learned model had, and says when its networks
-    disagree by more than `costmodel.model.UNCERTAIN_SPREAD` (a program unlike those
-    they were trained on).
+    disagree by more than they did on any validation program
+    (`LearnedCostModel.uncertain_spread`: a program unlike those they were trained on),
+    and so the prediction leans on the calibrated roofline.
     """
     from costmodel.analytical import xla_cost
     from costmodel.features import featurize_program
-    from costmodel.model import UNCERTAIN_SPREAD, LearnedCostModel
+    from costmodel.model import LearnedCostModel
 
     cost_model, name, note = resolve_model(model, weights, fallback)
     program = trace(fn, *args, static_argnums=static_argnums).program
@@ -222,11 +223,18 @@ def predict_runtime(
                 f"no program the learned model was trained on has {', '.join(untrained)}: "
                 f"{'its' if len(untrained) == 1 else 'their'} cost is a guess"
             )
-        if spread > UNCERTAIN_SPREAD:
+        if spread > cost_model.uncertain_spread:
+            weight = float(cost_model.learned_weight(spread_a)[0])
+            lean = (
+                f"; the time is {weight:.0%} theirs and {1 - weight:.0%} the calibrated roofline's"
+                if cost_model.fallback is not None
+                else ""
+            )
             notes.append(
                 f"the learned model's networks disagree on this program (spread "
-                f"{spread:.0%}, above {UNCERTAIN_SPREAD:.0%}): it is unlike the programs "
-                "they were trained on, so treat the time as rough"
+                f"{spread:.0%}, above the {cost_model.uncertain_spread:.0%} they reach on "
+                f"their validation programs): it is unlike the programs they were trained "
+                f"on, so treat the time as rough{lean}"
             )
     else:
         seconds = float(cost_model.score_programs([graph])[0])

@@ -254,9 +254,10 @@ def test_ensemble_averages_members_in_log_space_and_round_trips(tiny_dataset, tm
     ]
     alone = np.stack([np.log(m.score_programs(graphs)) for m in singles])
     # Members start from different initializations, so they disagree; the ensemble is the
-    # geometric mean of their predictions.
+    # geometric mean of their predictions (where it does not lean on its fallback).
     assert not np.allclose(alone[0], alone[1])
-    assert np.allclose(np.log(model.score_programs(graphs)), alone.mean(0), atol=1e-5)
+    plain = dataclasses.replace(model, fallback=None)
+    assert np.allclose(np.log(plain.score_programs(graphs)), alone.mean(0), atol=1e-5)
     # Their disagreement is the spread: the standard deviation of their log predictions.
     spread = model.spread(graphs)
     assert np.allclose(spread, np.expm1(alone.std(0)), atol=1e-4) and (spread > 0).all()
@@ -278,6 +279,50 @@ def test_ensemble_averages_members_in_log_space_and_round_trips(tiny_dataset, tm
         loaded.score_nodes(g.node_opcode, g.node_feat),
         model.score_nodes(g.node_opcode, g.node_feat),
     )
+    # The fitted roofline is what the ensemble leans on beyond the largest spread it has
+    # on the validation programs; the checkpoint keeps both.
+    assert model.fallback is result.baseline and len(result.val_idx) > 0
+    assert model.uncertain_spread == pytest.approx(
+        float(model.spread(tiny_dataset.graphs(result.val_idx)).max())
+    )
+    assert loaded.fallback == model.fallback
+    assert loaded.uncertain_spread == pytest.approx(model.uncertain_spread)
+
+
+def test_an_ensemble_leans_on_its_fallback_as_far_as_its_networks_disagree(tiny_dataset):
+    from costmodel.analytical import AnalyticalCostModel, Calibration
+
+    config = TrainConfig(width=8, embed_dim=4, num_layers=1, batch_graphs=8, steps=4,
+                         eval_every=4, ensemble=2)  # fmt: skip
+    model = train(tiny_dataset, config=config, progress=False, base=None).model
+    assert model.fallback is None  # no roofline to lean on
+    graphs = tiny_dataset.graphs(range(6))
+    alone = model.score_programs(graphs)
+    spread = model.spread(graphs)
+    roofline = AnalyticalCostModel(Calibration(1e11, 1e9, 1e10, 1e-5, "cpu", "cpu"))
+    other = roofline.score_programs(graphs)
+    assert not np.allclose(np.log(alone), np.log(other), atol=0.1)
+    # Below the threshold the networks decide alone; above it their weight is the
+    # threshold over the spread, and the rest is the fallback's (in log seconds).
+    threshold = float(np.median(spread))
+    leaning = dataclasses.replace(model, fallback=roofline, uncertain_spread=threshold)
+    weight = np.minimum(1.0, threshold / spread)
+    assert (weight < 1).any() and (weight == 1).any()
+    assert np.array_equal(leaning.learned_weight(spread), weight)
+    expected = np.exp(weight * np.log(alone) + (1 - weight) * np.log(other))
+    assert np.allclose(leaning.score_programs(graphs), expected, rtol=1e-6)
+    seconds, same_spread = leaning.score_with_spread(graphs)
+    assert np.array_equal(seconds, leaning.score_programs(graphs))
+    assert np.array_equal(same_spread, spread)
+    # A single network has no spread, so it never leans; nor does any model without one.
+    single = dataclasses.replace(leaning, members=())
+    assert np.array_equal(single.learned_weight(single.spread(graphs)), np.ones(len(graphs)))
+    assert np.allclose(single.score_programs(graphs),
+                       dataclasses.replace(single, fallback=None).score_programs(graphs))  # fmt: skip
+    # Extraction's node shares are the networks' own.
+    g = graphs[0]
+    assert np.array_equal(leaning.score_nodes(g.node_opcode, g.node_feat),
+                          model.score_nodes(g.node_opcode, g.node_feat))  # fmt: skip
 
 
 def test_loop_prior_adds_log_trip_count_to_a_nodes_share():

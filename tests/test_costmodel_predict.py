@@ -8,10 +8,11 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import superopt
-from costmodel.checkpoint import WeightsError
+from costmodel.checkpoint import WeightsError, load_analytical, load_checkpoint
 from superopt._predict import default_weights
 
 
@@ -59,6 +60,11 @@ def test_a_prediction_says_when_the_learned_model_is_on_unfamiliar_ground():
     erf = superopt.predict_runtime(lambda x: jax.scipy.special.erf(x).sum(0), jnp.ones((512, 256)))
     assert "trained on has erf: its cost is a guess" in erf.note
     assert erf.spread > 0.1 and "networks disagree on this program" in erf.note
+    # ... so the time leans on the calibrated roofline, as far as they disagree.
+    model = load_checkpoint(default_weights())
+    weight = float(model.learned_weight(np.asarray([erf.spread]))[0])
+    assert 0 < weight < 1 and f"{weight:.0%} theirs" in erf.note
+    assert model.fallback == load_analytical(default_weights())
     assert f"spread={erf.spread:.3f}" in repr(erf)
     analytical = superopt.predict_runtime(f, *ARGS, model="analytical")
     assert math.isnan(analytical.spread) and "spread" not in repr(analytical)

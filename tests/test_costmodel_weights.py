@@ -176,6 +176,11 @@ META_CASES = [
     ("nan_overhead_base", _base(overhead_s=float("nan")), "calibration.overhead_s"),
     ("garbage_base", _set("base", value="{"), "base"),
     ("dict_base", _set("base", value={"coef": []}), "base"),
+    ("garbage_fallback", _set("fallback", value="{"), "fallback"),
+    ("list_fallback", _set("fallback", value=[1]), "fallback"),
+    ("zero_spread", _set("uncertain_spread", value=0), "uncertain_spread"),
+    ("str_spread", _set("uncertain_spread", value="0.1"), "uncertain_spread"),
+    ("inf_spread", _set("uncertain_spread", value=float("inf")), "uncertain_spread"),
 ]
 
 
