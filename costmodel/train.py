@@ -61,10 +61,16 @@ class TrainResult:
         ]
         networks = len(best) or 1
         loss = f"best validation loss {np.mean(best):.4f}" if best else "no validation step"
+        lean = ""
+        if self.model.fallback is not None:
+            lean = (
+                f"; where the networks disagree by more than {self.model.uncertain_spread:.1%} "
+                "(their most on validation), predictions lean on the fitted roofline"
+            )
         return (
             f"trained {networks} network{'s' if networks > 1 else ''} in {self.seconds:.0f} s on "
             f"{len(self.train_idx)} variants ({len(self.val_idx)} for validation, "
-            f"{len(self.test_idx)} held out): {loss}"
+            f"{len(self.test_idx)} held out): {loss}{lean}"
         )
 
 
@@ -97,16 +103,27 @@ def _fit_terms(
     noise: jax.Array,
     rank_weight: float,
     margin: float,
+    rank_loss: str = "pairwise",
 ) -> jax.Array:
-    """MSE on log seconds plus the pairwise rank hinge within each program."""
+    """MSE on log seconds plus a rank loss within each program (`TrainConfig.rank_loss`)."""
     real = (group >= 0).astype(jnp.float32)
     mse = jnp.sum(real * (pred - target) ** 2) / jnp.maximum(jnp.sum(real), 1.0)
-    # Pairs (i faster than j) of one program: j must be predicted slower by a margin.
-    pair = (group[:, None] == group[None, :]) & (group[:, None] >= 0)
+    # Pairs (i faster than j) of one program, further apart than their noise.
+    same = (group[:, None] == group[None, :]) & (group[:, None] >= 0)
     gap = jnp.maximum(0.01, 0.5 * (noise[:, None] + noise[None, :]))
-    pair = pair & (target[:, None] < target[None, :] - gap)
-    hinge = jax.nn.relu(margin - (pred[None, :] - pred[:, None]))
-    rank = jnp.sum(hinge * pair) / jnp.maximum(jnp.sum(pair), 1.0)
+    pair = same & (target[:, None] < target[None, :] - gap)
+    if rank_loss == "listmle":
+        # Plackett-Luce, fastest first: i is drawn first among itself and the variants
+        # measurably slower than it. Scores are -pred / margin.
+        score = -pred / margin
+        rest = pair | jnp.eye(len(pred), dtype=bool)
+        norm = jax.nn.logsumexp(jnp.where(rest, score[None, :], -jnp.inf), axis=1)
+        counted = real * (jnp.sum(same, axis=1) > 1)
+        rank = jnp.sum(counted * (norm - score)) / jnp.maximum(jnp.sum(counted), 1.0)
+    else:
+        # j must be predicted slower than i by the margin.
+        hinge = jax.nn.relu(margin - (pred[None, :] - pred[:, None]))
+        rank = jnp.sum(hinge * pair) / jnp.maximum(jnp.sum(pair), 1.0)
     return mse + rank_weight * rank
 
 
@@ -119,11 +136,13 @@ def _loss(
     rank_weight: float,
     margin: float,
     additive_weight: float,
+    rank_loss: str,
 ) -> jax.Array:
     total, additive, _ = network.parts(batch)
-    loss = _fit_terms(total, target, group, noise, rank_weight, margin)
+    terms = (target, group, noise, rank_weight, margin, rank_loss)
+    loss = _fit_terms(total, *terms)
     if additive_weight:
-        loss += additive_weight * _fit_terms(additive, target, group, noise, rank_weight, margin)
+        loss += additive_weight * _fit_terms(additive, *terms)
     return loss
 
 
@@ -143,8 +162,8 @@ def _eval_loss(network, batch, target, group, noise, weights):
     return _loss(network, batch, target, group, noise, *weights)
 
 
-def _loss_weights(config: TrainConfig) -> tuple[float, float, float]:
-    return (config.rank_weight, config.rank_margin, config.additive_weight)
+def _loss_weights(config: TrainConfig) -> tuple[float, float, float, str]:
+    return (config.rank_weight, config.rank_margin, config.additive_weight, config.rank_loss)
 
 
 def _prepare(

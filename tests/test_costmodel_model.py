@@ -110,6 +110,8 @@ def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
     line = result.summary()
     assert line.startswith("trained 1 network in ") and f"{best:.4f}" in line
     assert f"{len(result.train_idx)} variants ({len(result.val_idx)} for validation" in line
+    # One network has no spread, so nothing to lean on the roofline by.
+    assert result.model.fallback is None and "roofline" not in line
     loaded = load_checkpoint(tmp_path, backend="cpu")
     graphs = tiny_dataset.graphs(result.test_idx[:5])
     assert np.allclose(loaded.score_programs(graphs), result.model.score_programs(graphs))
@@ -287,6 +289,9 @@ def test_ensemble_averages_members_in_log_space_and_round_trips(tiny_dataset, tm
     )
     assert loaded.fallback == model.fallback
     assert loaded.uncertain_spread == pytest.approx(model.uncertain_spread)
+    assert f"by more than {model.uncertain_spread:.1%} (their most on validation)" in (
+        result.summary()
+    )
 
 
 def test_an_ensemble_leans_on_its_fallback_as_far_as_its_networks_disagree(tiny_dataset):
@@ -348,3 +353,32 @@ def test_without_correction_a_graph_is_its_base_plus_node_shares(tiny_dataset):
     shares = np.exp(np.asarray(node_log)) * np.asarray(batch.node_mask)
     per_graph = np.bincount(np.asarray(batch.node_graph), shares, minlength=5)[:4]
     assert np.allclose(np.exp(np.asarray(additive)), per_graph, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rank_loss", ["pairwise", "listmle"])
+def test_rank_losses_reward_the_measured_order_and_skip_ties(rank_loss):
+    from costmodel.train import _fit_terms
+
+    def rank(pred, target, group, noise):
+        args = [jnp.asarray(a, jnp.float32) for a in (pred, target)]
+        args += [jnp.asarray(group, jnp.int32), jnp.asarray(noise, jnp.float32)]
+        with_rank = _fit_terms(*args, 1.0, 0.1, rank_loss)
+        return float(with_rank - _fit_terms(*args, 0.0, 0.1, rank_loss))
+
+    target, group, quiet = [0.0, 1.0, 2.0, 0.0], [0, 0, 0, -1], [0.0] * 4
+    ordered = rank([0.0, 1.0, 2.0, 9.0], target, group, quiet)
+    reversed_ = rank([2.0, 1.0, 0.0, 9.0], target, group, quiet)
+    assert reversed_ > ordered >= 0.0 and reversed_ > 1.0
+    # The padding row (group -1) counts for nothing, whatever it predicts.
+    assert rank([0.0, 1.0, 2.0, -9.0], target, group, quiet) == pytest.approx(ordered)
+    # Runtimes within their noise are ties: no order to reward.
+    assert rank([2.0, 1.0, 0.0, 0.0], [0.0, 0.01, 0.02, 0.0], group, [0.5] * 4) == 0.0
+    # Two programs in one batch are ranked apart: each is in order, the two together not.
+    pred, target = [0.0, 5.0, 1.0, 6.0], [0.0, 1.0, 2.0, 3.0]
+    assert rank(pred, target, [0, 0, 1, 1], quiet) == pytest.approx(0.0, abs=1e-6)
+    assert rank(pred, target, [0, 0, 0, 0], quiet) > 0.3
+
+
+def test_an_unknown_rank_loss_is_a_value_error():
+    with pytest.raises(ValueError, match="rank_loss is one of"):
+        TrainConfig(rank_loss="listnet")
