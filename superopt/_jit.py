@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -215,7 +216,8 @@ def _name_tuple(argnames: Any) -> tuple[str, ...]:
 def _with_keywords(fn: Callable[..., Any], layout: _Layout) -> Callable[..., Any]:
     """`fn` taking all its arguments by position: the positional ones, then the values of
     the keyword ones `layout` names, in that order. It bears `fn`'s name, for the report
-    and the generated source."""
+    and the generated source, and a signature in which the keyword ones can be passed by
+    name again: an `Optimized` built from it is called as the original call was."""
     nargs, names = layout
 
     def call(*flat: Any) -> Any:
@@ -225,7 +227,31 @@ def _with_keywords(fn: Callable[..., Any], layout: _Layout) -> Callable[..., Any
     call.__qualname__, call.__name__ = name, name.rsplit(".", 1)[-1]
     call.__module__ = getattr(fn, "__module__", None) or call.__module__
     call.__doc__ = getattr(fn, "__doc__", None)
+    signature = _flat_signature(fn, layout)
+    if signature is not None:
+        call.__signature__ = signature  # type: ignore[attr-defined]
     return call
+
+
+def _flat_signature(fn: Callable[..., Any], layout: _Layout) -> inspect.Signature | None:
+    """The signature of `_with_keywords(fn, layout)`: `fn`'s first positional parameters
+    (positional-only when `fn` names fewer than the call passed), then one parameter per
+    keyword argument. `None` where `fn` has no signature or the names clash."""
+    nargs, names = layout
+    try:
+        own = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    named = list(itertools.islice(itertools.takewhile(lambda p: p.kind in _POSITIONAL, own), nargs))
+    if len(named) == nargs:
+        first = [p.replace(default=_Parameter.empty, annotation=_Parameter.empty) for p in named]
+    else:
+        first = [_Parameter(f"arg{i}", _Parameter.POSITIONAL_ONLY) for i in range(nargs)]
+    rest = [_Parameter(n, _Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    try:
+        return inspect.Signature([*first, *rest])
+    except ValueError:  # a keyword argument named like a positional parameter
+        return None
 
 
 def _concrete_like(arg: Any, is_static: bool) -> Any:

@@ -285,3 +285,24 @@ def test_a_parameter_named_self_is_an_ordinary_keyword():
 
     close(superopt.jit(method, cache=False)(self=2.0, x=X), method(2.0, X))
     close(superopt.optimize(method, 2.0, X, cache=False)(x=X, self=2.0), method(2.0, X))
+
+
+def test_an_entry_built_for_a_keyword_call_is_called_as_that_call_was():
+    jitted = superopt.jit(dense, cache=False)
+    expected = dense(X, W, B)
+    close(jitted(X, b=B, w=W), expected)
+    (entry,) = jitted.optimized.values()
+    close(entry(X, b=B, w=W), expected)
+    close(entry(X, w=W, b=B), expected)  # the order of keywords does not matter
+    with pytest.raises(superopt.SignatureError, match="unexpected keyword argument 'y'"):
+        entry(X, y=W, b=B)
+
+    def scaled(*xs, scale):  # no names for the positions: they stay positional
+        return sum(xs) * scale
+
+    jitted = superopt.jit(scaled, cache=False)
+    close(jitted(X, X, scale=2.0), X * 4.0)
+    (entry,) = jitted.optimized.values()
+    close(entry(X, X, scale=3.0), X * 6.0)
+    with pytest.raises(superopt.SignatureError, match="positional-only"):
+        entry(X, arg1=X, scale=2.0)
