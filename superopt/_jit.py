@@ -83,7 +83,9 @@ class Jitted:
 
     @property
     def optimized(self) -> dict[Any, Optimized]:
-        """The `Optimized` functions built so far, by signature."""
+        """The `Optimized` functions built so far, by signature. Each takes its arguments
+        as the call that built it passed them (keyword ones by name or, in the order of
+        their sorted names, by position after the others)."""
         return dict(self._optimized)
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
