@@ -245,7 +245,8 @@ def optimize(
     - `time_limit`: seconds the search may run.
     - `cache`: read and write the tuning cache.
     - `cache_dir`: the cache folder (default `SUPEROPT_CACHE_DIR` or the user's cache).
-    - `static_argnums`: positions of arguments that are Python values, not arrays.
+    - `static_argnums`: positions of arguments that are Python values, not arrays. When
+      `fn` is a `jax.jit` function, the arguments it holds static are static here too.
     - `verify`: check the winner against `fn` before returning it (keep this on).
 
     **Returns:** an `Optimized` callable; `.report` says what happened.
@@ -264,7 +265,7 @@ def optimize(
         select_rules(rules)
     except SearchError as err:  # a misspelt rule name is bad input, not a failed search
         raise ValueError(str(err)) from err
-    static_argnums = static_positions(static_argnums, len(example_args))
+    static_argnums = static_positions(static_argnums, len(example_args), fn)
     name = _function_name(fn)
     reference_call = _verify.jit_static(fn, example_args, static_argnums)
     phases: dict[str, float] = {}

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._api import _NOT_CALLABLE_MSG, Optimized, _function_name, optimize
 from ._errors import SignatureError, TraceError
-from ._trace import ArgSpec
+from ._trace import ArgSpec, jit_declared_statics
 
 _UNHASHABLE_STATIC_MSG = (
     "static argument {which} ({value!r}) is not hashable, so @superopt.jit cannot key its "
@@ -47,7 +47,8 @@ class Jitted:
 
     **Arguments:**
 
-    - `fn`: the function to optimize.
+    - `fn`: the function to optimize (a `jax.jit` function's own static arguments are
+      static here too).
     - `static_argnums`: positions of static arguments: hashable Python values, not
       arrays, that key the cache (negative ones count from the end of the call).
     - `static_argnames`: names of static keyword arguments (a str or a sequence of str).
@@ -69,9 +70,11 @@ class Jitted:
     ):
         if not callable(fn):
             raise TraceError(_NOT_CALLABLE_MSG.format(kind=type(fn).__name__, value=fn))
-        self._static_argnums, self._static_argnames = _static_arguments(
-            fn, static_argnums, static_argnames
-        )
+        nums, names = _static_arguments(fn, static_argnums, static_argnames)
+        # A jax.jit function's own static arguments are static here too: JAX holds them so.
+        declared_nums, declared_names = jit_declared_statics(fn)
+        self._static_argnums = tuple(dict.fromkeys((*nums, *declared_nums)))
+        self._static_argnames = names | frozenset(declared_names)
         self._fn = fn
         self._options = options
         self._optimized: dict[Any, Optimized] = {}

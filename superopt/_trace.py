@@ -267,14 +267,18 @@ class _Builder:
         ]
 
 
-def static_positions(static_argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
+def static_positions(
+    static_argnums: int | Sequence[int], nargs: int, fn: Callable[..., Any] | None = None
+) -> tuple[int, ...]:
     """`static_argnums` as sorted non-negative positions among `nargs` arguments (negative
-    ones count from the end, as in `jax.jit`).
+    ones count from the end, as in `jax.jit`). With `fn` a `jax.jit` function, its own
+    static arguments (`static_argnums` and positional `static_argnames`) are added: JAX
+    holds them static whatever superopt is told, so they cannot be traced as arrays.
 
     **Raises:** `TraceError` if one is out of range or not an integer."""
     if isinstance(static_argnums, int | np.integer):
         static_argnums = (static_argnums,)
-    positions = set()
+    positions = set(jit_static_positions(fn, nargs)) if fn is not None else set()
     for i in static_argnums:
         if isinstance(i, bool) or not isinstance(i, int | np.integer):
             raise TraceError(f"static_argnums must be integers, got {i!r}")
@@ -282,6 +286,26 @@ def static_positions(static_argnums: int | Sequence[int], nargs: int) -> tuple[i
             raise TraceError(f"static_argnums {i} is out of range for {nargs} arguments")
         positions.add(int(i) % nargs)
     return tuple(sorted(positions))
+
+
+def jit_declared_statics(fn: Callable[..., Any]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The `static_argnums` and `static_argnames` a `jax.jit` function was made with (JAX
+    completes each from the other through the signature); `((), ())` for any other
+    callable, and for a `jax.jit` whose private record of them is not there."""
+    try:
+        info = fn._jit_info  # type: ignore[attr-defined]
+        nums = tuple(int(i) for i in info.static_argnums)
+        names = tuple(str(n) for n in info.static_argnames)
+    except Exception:  # not a jax.jit function (the attribute is JAX's own)
+        return (), ()
+    return nums, names
+
+
+def jit_static_positions(fn: Callable[..., Any], nargs: int) -> tuple[int, ...]:
+    """The positions among `nargs` positional arguments that a `jax.jit` function holds
+    static (`jit_declared_statics`)."""
+    nums, _ = jit_declared_statics(fn)
+    return tuple(sorted({i % nargs for i in nums if -nargs <= i < nargs}))
 
 
 def trace(
@@ -295,13 +319,14 @@ def trace(
 
     - `fn`: a JAX-traceable function, plain or wrapped in `jax.jit`.
     - `*args`: example arguments: arrays, numbers or pytrees of them.
-    - `static_argnums`: positions of arguments that are Python values, not arrays.
+    - `static_argnums`: positions of arguments that are Python values, not arrays. A
+      `jax.jit` function's own static arguments are added to them.
 
     **Returns:** a `Traced` holding the program and the pytree structures.
     """
     if not callable(fn):
         raise TraceError(f"superopt needs a callable to optimize, got {type(fn).__name__} {fn!r}")
-    static_argnums = static_positions(static_argnums, len(args))
+    static_argnums = static_positions(static_argnums, len(args), fn)
     static_args = {i: args[i] for i in static_argnums}
     dynamic = [a for i, a in enumerate(args) if i not in static_args]
     leaves, in_tree = jax.tree_util.tree_flatten(dynamic)
@@ -327,10 +352,7 @@ def trace(
         closed = jax.make_jaxpr(flat_fn)(*leaves)
     except Exception as err:
         name = getattr(fn, "__name__", repr(fn))
-        # A forgotten static argument comes first: the CLI prints only the first line.
-        hint = _jit_static_hint(fn, len(args), static_argnums)
-        reason = f"{hint} (JAX: {err})" if hint else str(err)
-        raise TraceError(f"tracing {name} with the example arguments failed: {reason}") from err
+        raise TraceError(f"tracing {name} with the example arguments failed: {err}") from err
     builder = _Builder()
     specs = []
     inputs = []
@@ -341,20 +363,3 @@ def trace(
     outputs = builder.convert(closed.jaxpr, closed.consts, inputs)
     program = Program(tuple(inputs), tuple(outputs), builder.consts)
     return Traced(program, in_tree, out_tree_box[-1], tuple(specs), static_argnums, static_args)
-
-
-def _jit_static_hint(fn: Callable[..., Any], nargs: int, static_argnums: tuple[int, ...]) -> str:
-    """For a `jax.jit` function whose own static arguments (`static_argnums`,
-    `static_argnames`) the trace passed as arrays: a sentence naming their positions."""
-    try:
-        declared = tuple(int(i) % nargs for i in fn._jit_info.static_argnums if -nargs <= i < nargs)
-    except Exception:  # not a jax.jit function (the attribute is JAX's own)
-        return ""
-    missing = sorted(set(declared) - set(static_argnums))
-    if not missing:
-        return ""
-    wanted = tuple(sorted({*declared, *static_argnums}))
-    return (
-        f"it is a jax.jit function with static arguments at positions {tuple(missing)}, "
-        f"which superopt traced as arrays: pass static_argnums={wanted} to superopt as well"
-    )

@@ -67,6 +67,25 @@ def test_pytrees_and_static_arguments():
         opt(params, x, 3)
 
 
+def test_a_jitted_functions_static_arguments_need_not_be_repeated():
+    def layer(x, w, power, act):
+        return getattr(jnp, act)(x @ w) ** power
+
+    jitted = jax.jit(layer, static_argnames=("power", "act"))
+    x, w = _normal(0, 5, 4), _normal(1, 4, 3)
+    opt = superopt.optimize(jitted, x, w, 2, "tanh", cache=False)
+    assert opt.report.status != "fallback"
+    np.testing.assert_allclose(opt(x, w, 2, "tanh"), layer(x, w, 2, "tanh"), rtol=1e-5)
+    with pytest.raises(superopt.SignatureError, match="static argument 3"):
+        opt(x, w, 2, "sin")
+    # `@superopt.jit` over it optimizes once per static value, as jax.jit compiles.
+    wrapped = superopt.jit(jitted, cache=False)
+    for act in ("tanh", "sin"):
+        np.testing.assert_allclose(wrapped(x, w, 3, act), layer(x, w, 3, act), rtol=1e-5)
+    np.testing.assert_allclose(wrapped(x, w, 3, act="tanh"), layer(x, w, 3, "tanh"), rtol=1e-5)
+    assert len(wrapped.optimized) == 3
+
+
 def test_mismatched_shapes_raise_signature_error():
     opt = superopt.optimize(lambda x, w: x @ w, jnp.ones((4, 3)), jnp.ones((3, 2)))
     with pytest.raises(superopt.SignatureError) as info:
