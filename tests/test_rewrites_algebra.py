@@ -76,3 +76,29 @@ def test_rule_fires(name):
     keys = {c.program.canonical_key() for c in res.candidates}
     assert len(keys) >= 2, f"{name} produced no variant: {res.note}"
     assert any(name in step.rule for c in res.candidates for step in c.rewrites), res.note
+
+
+# Operands that lax broadcasts by a size-1 dimension (jax >= 0.10 traces `b + c[None]` so).
+# Into a contraction, distributing builds an ill-typed dot, which the search must drop
+# (once, it failed the whole search); along a free dimension the rule holds and fires.
+BROADCAST_CASES = {
+    "into_contraction_right": (lambda a, b, c: a @ (b + c), lambda m, k, n: [(m, k), (k, n), (1, n)]),
+    "free_right": (lambda a, b, c: a @ (b + c), lambda m, k, n: [(m, k), (k, n), (k, 1)]),
+    "into_contraction_left": (lambda a, b, c: (a + b) @ c, lambda m, k, n: [(m, k), (m, 1), (k, n)]),
+    "free_left": (lambda a, b, c: (a - b) @ c, lambda m, k, n: [(m, k), (1, k), (k, n)]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BROADCAST_CASES))
+@PROFILE
+@given(m=st.integers(2, 9), k=st.integers(2, 9), n=st.integers(2, 9), seed=st.integers(0, 2**16))
+def test_distributing_over_a_size_one_broadcast_is_dropped_or_correct(case, m, k, n, seed):
+    fn, shapes = BROADCAST_CASES[case]
+    rng = np.random.default_rng(seed)
+    args = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes(m, k, n)]
+    tr, res = _variants_of("dot_expand", fn, args)
+    ref = evaluate(tr.program, *args)[0]
+    for cand in res.candidates:
+        np.testing.assert_allclose(evaluate(cand.program, *args)[0], ref, rtol=1e-4, atol=1e-4)
+    fired = any("dot_expand" in s.rule for c in res.candidates for s in c.rewrites)
+    assert fired == case.startswith("free"), res.note

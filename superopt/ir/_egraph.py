@@ -75,7 +75,7 @@ from egglog import (
     set_,
 )
 
-from ._errors import IRError
+from ._errors import IRError, ShapeError
 from ._node import Node, Params, Program
 from ._registry import get_op, infer_type
 
@@ -614,7 +614,13 @@ def _infer_types(view: EGraphView) -> dict[str, tuple[tuple[int, ...], Any]]:
                 if e.leaf is not None:
                     t = (e.leaf.shape, e.leaf.dtype)
                 elif all(a in reps for a in e.args):
-                    shape, dtype = infer_type(e.op, [reps[a] for a in e.args], e.params)
+                    try:
+                        shape, dtype = infer_type(e.op, [reps[a] for a in e.args], e.params)
+                    except (ShapeError, IRError):
+                        # Rules see ranks, not shapes: distributing A@(B+C) where C's
+                        # size-1 dimension broadcasts into the contraction builds an
+                        # ill-typed A@C. Such an e-node is never extracted.
+                        continue
                     t = (tuple(int(d) for d in shape), dtype)
                 else:
                     continue
