@@ -125,6 +125,17 @@ class Traced:
                 f"{self.in_tree}"
             )
         for k, (leaf, spec) in enumerate(zip(leaves, self.arg_specs)):
+            # The common call: a concrete array of the traced type. Its shape, dtype and weak
+            # typing are plain attributes; `ArgSpec.of` reads them through `jax.typeof` and
+            # `result_type`, which cost several times a small jitted call.
+            if (
+                isinstance(leaf, jax.Array)
+                and not isinstance(leaf, jax.core.Tracer)
+                and leaf.shape == spec.shape
+                and leaf.dtype == spec.dtype
+                and leaf.weak_type == spec.weak
+            ):
+                continue
             got = ArgSpec.of(leaf)
             if got.shape != spec.shape or got.dtype != spec.dtype or got.weak != spec.weak:
                 weak = (

@@ -14,6 +14,7 @@ from rich.console import Console
 import superopt
 import superopt._api as api
 from superopt._search import Candidate, RewriteStep, SearchResult
+from superopt._trace import ArgSpec
 from superopt.ir import Program, make
 
 
@@ -95,6 +96,26 @@ def test_mismatched_shapes_raise_signature_error():
     assert "superopt.optimize again" in message and "@superopt.jit" in message
     with pytest.raises(superopt.SignatureError, match="structure"):
         opt((jnp.ones((4, 3)),), jnp.ones((3, 2)))
+
+
+def test_a_call_with_arrays_of_the_traced_types_takes_the_cheap_check(monkeypatch):
+    x, w = jnp.ones((4, 3)), jnp.ones((3, 2))
+    opt = superopt.optimize(lambda x, w, s: jnp.tanh(x @ w) * s, x, w, 2.0, cache=False)
+    want = jnp.tanh(x @ w) * 2.0
+
+    def full_check(leaf):
+        raise AssertionError("the full check ran")
+
+    monkeypatch.setattr(ArgSpec, "of", full_check)
+    np.testing.assert_allclose(opt(x, w, jnp.asarray(2.0)), want, rtol=1e-6)
+    # A leaf that is no concrete jax array, or one of another type, takes the full check.
+    for other in (np.ones((4, 3), np.float32), jnp.ones((4, 3), jnp.bfloat16), jnp.ones((5, 3))):
+        with pytest.raises(AssertionError, match="full check"):
+            opt(other, w, 2.0)
+    monkeypatch.undo()
+    np.testing.assert_allclose(opt(np.ones((4, 3), np.float32), w, 2.0), want, rtol=1e-6)
+    with pytest.raises(superopt.SignatureError, match="weakly typed float32"):
+        opt(x, w, jnp.float32(2.0))
 
 
 def test_non_callable_raises_trace_error_naming_it():
