@@ -10,21 +10,24 @@ fused term, and tiling (`rewrites.tiling`) adds one fused e-node per tile size t
 Rules, with their side conditions:
 
 - `batch_dots`: k >= 2 mutually independent `dot_general`s with equal operand shapes,
-  dtypes and dimension numbers -> stack the operands on a new axis 0, one dot with that
-  axis as a batch dimension, and a slice + reshape per original dot.
-- `concat_shared_lhs`: k >= 2 matmuls (2-D, `x @ w`) with the same left operand and right
-  operands of one dtype and depth -> one matmul on the right operands concatenated along
-  columns, sliced back.
+  dtypes, dimension numbers and precision -> stack the operands on a new axis 0, one dot
+  with that axis as a batch dimension (and that precision), and a slice + reshape per
+  original dot.
+- `concat_shared_lhs`: k >= 2 matmuls (2-D, `x @ w`) with the same left operand, one
+  precision and right operands of one dtype and depth -> one matmul (at that precision)
+  on the right operands concatenated along columns, sliced back.
 - `chunked_xent`: `logsumexp(L, -1) - L[i, labels[i]]` with `L = h @ w (+ b)` 2-D, the
   logsumexp in any stable spelling whose shift is constant along the vocabulary axis
   (optax, `jax.nn.logsumexp`), the label logit by gather (`take_along_axis`) ->
-  `chunked_xent(h, w, labels[, b])`; needs `L.dtype == h.dtype`.
+  `chunked_xent(h, w, labels[, b])`; needs `L.dtype == h.dtype` and a default-precision
+  dot (the fused op computes at the default precision).
 - `flash_attention`: `softmax(scale · q kᵀ [masked]) v` with any layout that is a
   relabelling of `[B, T, H, D]` through transposes and unit-dim reshapes (what
   `jax.nn.dot_product_attention` traces to, and the 2-D or 3-D hand-written forms) ->
   `flash_attention(q, k, v[, mask])`; a constant mask equal to the lower triangle
   becomes `causal=True`; the masked fill must be a scalar; query, key and head sizes
-  must be > 1 (a size-1 dimension carries no label, so its role is ambiguous).
+  must be > 1 (a size-1 dimension carries no label, so its role is ambiguous); both dots
+  of default precision (the fused op computes at the default precision).
 """
 
 from __future__ import annotations
@@ -190,6 +193,7 @@ def find_batch_dots(program: Program) -> list[Rewrite]:
     for n in program.nodes():
         if n.op == "dot_general":
             a, b = n.args
+            # The params key holds the dimension numbers, preferred type and precision.
             key = (a.shape, b.shape, a.dtype, b.dtype, n.params.key)
             buckets.setdefault(key, []).append(n)
     out: list[Rewrite] = []
@@ -201,13 +205,13 @@ def find_batch_dots(program: Program) -> list[Rewrite]:
                 return tuple(d + 1 for d in dims)
 
             dn = ((up(lc), up(rc)), ((0, *up(lb)), (0, *up(rb))))
-            pref = group[0].params["preferred_element_type"]
             big = make(
                 "dot_general",
                 _stack([g.args[0] for g in group]),
                 _stack([g.args[1] for g in group]),
                 dimension_numbers=dn,
-                preferred_element_type=pref,
+                preferred_element_type=group[0].params["preferred_element_type"],
+                precision=_precision(group[0]),
             )
             out += [Rewrite("batch_dots", g, _unstack(big, i)) for i, g in enumerate(group)]
     return out
@@ -216,22 +220,28 @@ def find_batch_dots(program: Program) -> list[Rewrite]:
 _MATMUL = (((1,), (0,)), ((), ()))
 
 
+def _precision(dot: Node) -> tuple[str, str] | None:
+    # A dot whose params name no precision (built with `Node(...)`, not `make`) is default.
+    return dot.params.get("precision")
+
+
 def find_concat_shared_lhs(program: Program) -> list[Rewrite]:
     """`x @ w1, x @ w2, ...` -> `x @ concat(w1, w2, ...)` and column slices."""
-    buckets: dict[tuple[int, str, Any], list[Node]] = {}
+    buckets: dict[tuple[int, str, Any, Any], list[Node]] = {}
     for n in program.nodes():
         if n.op == "dot_general" and n.params["dimension_numbers"] == _MATMUL:
             a, b = n.args
             if a.ndim == 2 and b.ndim == 2:
                 pref = n.params["preferred_element_type"]
-                buckets.setdefault((id(a), str(pref), b.dtype), []).append(n)
+                buckets.setdefault((id(a), str(pref), b.dtype, _precision(n)), []).append(n)
     out: list[Rewrite] = []
     for dots in buckets.values():
         for group in _independent_groups(dots):
             x = group[0].args[0]
             pref = group[0].params["preferred_element_type"]
             w = make("concatenate", *[g.args[1] for g in group], dimension=1)
-            big = make("dot_general", x, w, dimension_numbers=_MATMUL, preferred_element_type=pref)
+            big = make("dot_general", x, w, dimension_numbers=_MATMUL,
+                       preferred_element_type=pref, precision=_precision(group[0]))  # fmt: skip
             col = 0
             for g in group:
                 width = g.args[1].shape[1]
@@ -302,6 +312,8 @@ def _matmul_logits(logits: Node) -> tuple[Node, Node, Node | None] | None:
         logits = dot
     if logits.op != "dot_general" or logits.params["dimension_numbers"] != _MATMUL:
         return None
+    if _precision(logits) is not None:
+        return None  # the fused op computes at the default precision
     h, w = logits.args
     if h.ndim != 2 or w.ndim != 2 or logits.dtype != h.dtype or h.dtype != w.dtype:
         return None
@@ -431,8 +443,8 @@ def find_flash_attention(program: Program, block: int = 128) -> list[Rewrite]:
     causal_memo: dict[int, bool] = {}
     for node in program.nodes():
         d2, top = _descend(node, (*_MOVES, "convert_element_type"))
-        if d2.op != "dot_general":
-            continue
+        if d2.op != "dot_general" or _precision(d2) is not None:
+            continue  # the fused op computes at the default precision
         try:
             found = _match_attention(d2, block, causal_memo)
         except ShapeError:
@@ -480,7 +492,7 @@ def _match_attention(d2: Node, block: int, causal_memo: dict[int, bool]):
             else:
                 break
         s_chain = s_chain[::-1]
-        if scores.op != "dot_general":
+        if scores.op != "dot_general" or _precision(scores) is not None:
             return None
         q_base, q_chain, q_scale = _scaled_base(scores.args[0])
         k_base, k_chain, k_scale = _scaled_base(scores.args[1])

@@ -478,6 +478,21 @@ def test_a_second_call_is_fast_and_rebuilds_the_same_winner(tmp_path):
     assert not other.report.cached
 
 
+def test_a_cached_winner_keeps_its_dot_precision(tmp_path):
+    def fn(a, b, v):
+        return jnp.matmul(jnp.matmul(a, b, precision="highest"), v, precision="highest")
+
+    args = (_normal(0, 32, 32), _normal(1, 32, 32), _normal(2, 32, 2))
+    folder = str(tmp_path / "c")
+    first = superopt.optimize(fn, *args, cost_model="flops", cache=True, cache_dir=folder)
+    again = superopt.optimize(fn, *args, cost_model="flops", cache=True, cache_dir=folder)
+    assert first.report.status == "optimized" and not first.report.cached
+    assert again.report.cached and again.program.canonical_key() == first.program.canonical_key()
+    assert str(jax.make_jaxpr(again)(*args)).count("HIGHEST") == 4  # two dots, two operands
+    np.testing.assert_array_equal(again(*args), first(*args))
+    np.testing.assert_allclose(again(*args), fn(*args), rtol=1e-5, atol=1e-5)
+
+
 def test_retrained_weights_search_again_instead_of_reusing_the_cache(tmp_path, monkeypatch):
     import json
     import shutil

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hypothesis.strategies as hst
 import jax.numpy as jnp
 import numpy as np
 from egglog import EGraph, Vec, i64, run, set_
 from hypothesis import given, settings
+from jax import lax
 
 import superopt
 import superopt.testing as sot
@@ -18,11 +20,17 @@ from superopt.ir._egraph import (
     EGraphView,
     Tensor,
     TextEncoder,
+    _dot_params,
+    _encode_node,
     decode,
+    dn_key,
+    dot_pref,
     encode,
     let_name,
     rank,
+    tlist,
 )
+from superopt.ir._ops import PRECISIONS
 
 
 def _roundtrip(program: Program) -> Program:
@@ -101,3 +109,53 @@ def test_text_encoder_escapes_strings_and_shares_nodes():
     view = EGraphView.of(egraph)  # decoding looks the leaf up by its key: it must survive
     leaves = [e.leaf for es in view.classes.values() for e in es if e.leaf is not None]
     assert any(leaf.params == odd.params for leaf in leaves)
+
+
+_PRECISION = hst.one_of(hst.none(), hst.tuples(*[hst.sampled_from(PRECISIONS)] * 2))
+
+
+@given(
+    pref=hst.sampled_from([None, "float32", "bfloat16", "int32"]),
+    precision=_PRECISION.filter(lambda p: p != ("DEFAULT", "DEFAULT")),
+)
+def test_dot_pref_carries_the_precision(pref, precision):
+    dn = (((1,), (0,)), ((), ()))
+    text = dot_pref(pref, precision)
+    if precision is None:  # a default dot keeps the plain type name that rules match on
+        assert text == ("None" if pref is None else pref)
+    params = _dot_params(dn_key(dn), text)
+    assert params == Params(
+        dimension_numbers=dn,
+        precision=precision,
+        preferred_element_type=None if pref is None else np.dtype(pref),
+    )
+
+
+def _python_roundtrip(program: Program) -> Program:
+    # The Python-term encoder (what fusion facts go in by), one let per node.
+    egraph = EGraph()
+    terms: dict[int, Tensor] = {}
+    for i, node in enumerate(program.nodes()):
+        term = _encode_node(node, [terms[id(a)] for a in node.args])
+        terms[id(node)] = egraph.let(f"p{i}", term)
+    egraph.let("root", Tensor.root(tlist(*[terms[id(o)] for o in program.outputs])))
+    view = EGraphView.of(egraph)
+    return decode(view, extract(view).best, program)
+
+
+def test_explicit_precision_dots_round_trip_through_both_encoders():
+    def f(a, b, v):
+        ab = jnp.matmul(a, b, precision="highest")
+        mixed = lax.dot(ab, v, precision=(lax.Precision.HIGH, lax.Precision.DEFAULT))
+        return mixed, a @ v, lax.dot(a, b, precision="highest")  # no preferred type: "None@..."
+
+    args = (np.ones((3, 3), np.float32), np.ones((3, 3), np.float32), np.ones((3, 2), np.float32))
+    program = superopt.trace(f, *args).program
+    dots = [n.params for n in program.nodes() if n.op == "dot_general"]
+    assert sorted(dot_pref(p["preferred_element_type"], p["precision"]) for p in dots) == [
+        "None@HIGH,DEFAULT", "None@HIGHEST,HIGHEST", "float32", "float32@HIGHEST,HIGHEST"
+    ]  # fmt: skip
+    for back in (_roundtrip(program), _python_roundtrip(program)):
+        assert back.canonical_key() == program.canonical_key()
+        for r, o in zip(evaluate(program, *args), evaluate(back, *args)):
+            np.testing.assert_array_equal(np.asarray(r), np.asarray(o))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from jax import lax
 
 import superopt
 import superopt.testing as sot
@@ -79,9 +80,11 @@ def _dot(draw: Any, name: str):
     rc = tuple(order.index(("c", i)) for i in range(len(contract)))
     dims = ((tuple(contract), rc), (tuple(batch), rb))
     pref = draw(hst.sampled_from([None, F32]))
+    precision = draw(hst.sampled_from([None, ("HIGHEST", "HIGHEST"), ("DEFAULT", "HIGH")]))
     return _inputs((lhs, F32), (rhs, F32)), {
         "dimension_numbers": dims,
         "preferred_element_type": pref,
+        "precision": precision,
     }
 
 
@@ -253,6 +256,23 @@ def test_make_builds_typed_nodes() -> None:
     assert node.shape == (2, 5) and node.dtype == F32
     assert node_cost(node).flops == 2 * 2 * 5 * 3
     assert make("reduce_sum", node, axes=(1,)).shape == (2,)
+
+
+def test_a_dot_without_a_precision_is_a_default_dot() -> None:
+    # Code that builds dots without naming a precision gets the traced default's params.
+    a, b = _inputs(((2, 3), F32), ((3, 5), F32))
+    dims = (((1,), (0,)), ((), ()))
+    made = make("dot_general", a, b, dimension_numbers=dims, preferred_element_type=None)
+    assert made.params == make("dot_general", a, b, dimension_numbers=dims,
+                               preferred_element_type=None, precision=None).params  # fmt: skip
+    traced = superopt.trace(lambda x, y: lax.dot(x, y), jnp.ones((2, 3)), jnp.ones((3, 5)))
+    (dot,) = [n for n in traced.program.nodes() if n.op == "dot_general"]
+    assert dot.params == made.params
+    # One form per precision: the default is None, an explicit one a tuple of names.
+    for bad in [("DEFAULT", "DEFAULT"), ["HIGHEST", "HIGHEST"], "highest", ("FAST", "FAST")]:
+        with pytest.raises(ShapeError, match="precision"):
+            make("dot_general", a, b, dimension_numbers=dims, preferred_element_type=None,
+                 precision=bad)  # fmt: skip
 
 
 def test_cost_adds_up() -> None:

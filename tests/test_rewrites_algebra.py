@@ -1,5 +1,6 @@
 """Each algebra rule: it fires on a program that admits it, and keeps the values (f32, bf16)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -102,3 +103,29 @@ def test_distributing_over_a_size_one_broadcast_is_dropped_or_correct(case, m, k
         np.testing.assert_allclose(evaluate(cand.program, *args)[0], ref, rtol=1e-4, atol=1e-4)
     fired = any("dot_expand" in s.rule for c in res.candidates for s in c.rewrites)
     assert fired == case.startswith("free"), res.note
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rule_keeps_an_explicit_precision(name):
+    # Every dot a rule builds from HIGHEST dots is a HIGHEST dot: none drops or changes it.
+    fn, shapes = CASES[name]
+    args = [np.ones(s, np.float32) for s in shapes(8, 16, 4, 2)]
+    with jax.default_matmul_precision("highest"):  # every dot of the trace names HIGHEST
+        tr = superopt.trace(fn, *args)
+    res = search(tr.program, rules=[name], top_k=16)
+    assert len({c.program.canonical_key() for c in res.candidates}) >= 2, res.note
+    for cand in res.candidates:
+        dots = [n for n in cand.program.nodes() if n.op == "dot_general"]
+        assert dots and all(d.params["precision"] == ("HIGHEST", "HIGHEST") for d in dots)
+
+
+@pytest.mark.parametrize("name", ["dot_factor_left", "dot_assoc"])
+def test_dots_of_different_precisions_are_not_combined(name):
+    a = np.ones((8, 8), np.float32)
+
+    def fn(a, b, c):
+        left = jnp.matmul(a, b, precision="highest")
+        return left + a @ c if name == "dot_factor_left" else left @ c
+
+    res = search(superopt.trace(fn, a, a, a).program, rules=[name], top_k=16)
+    assert len(res.candidates) == 1, [c.rewrites for c in res.candidates]

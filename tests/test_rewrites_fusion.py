@@ -220,3 +220,92 @@ def test_facts_join_the_matched_e_class():
         c for c, ens in view.classes.items() if {"sub", "chunked_xent"} <= {e.op for e in ens}
     ]
     assert len(joined) == 1
+
+
+# Precisions as `jnp.matmul` takes them, with the IR's form of each.
+PRECISIONS = {None: None, "highest": ("HIGHEST", "HIGHEST"), "high": ("HIGH", "HIGH")}
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    precisions=st.lists(st.sampled_from(sorted(PRECISIONS, key=str)), min_size=2, max_size=5),
+    seed=st.integers(0, 999),
+)
+def test_batch_dots_keeps_each_precision_apart(precisions, seed):
+    # Dots of different precisions are never batched together, and a batched dot computes
+    # at the precision of the dots it replaces.
+    k = jax.random.split(jax.random.PRNGKey(seed), 2)
+    xs, ws = jax.random.normal(k[0], (len(precisions), 3, 4)), jax.random.normal(k[1], (4, 5))
+
+    def fn(xs, w):
+        return [jnp.matmul(xs[i], w, precision=p) for i, p in enumerate(precisions)]
+
+    ref, new, facts = _rewrite(fn, xs, ws, rule="batch_dots")
+    for fact in facts:
+        batched = fact.after.args[0].args[0]
+        assert batched.op == "dot_general"
+        assert batched.params["precision"] == fact.before.params["precision"]
+    expected = sum(n for n in map(precisions.count, set(precisions)) if n >= 2)
+    assert len(facts) == expected
+    for a, b in zip(new(xs, ws), ref(xs, ws)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4)
+
+
+def test_batch_dots_of_highest_dots_stay_highest():
+    x, w = jnp.ones((4, 4)), jnp.ones((4, 4))
+    mixed = lambda x, w: (jnp.matmul(x, w, precision="highest"), x @ (w * 2.0))  # noqa: E731
+    assert _rewrite(mixed, x, w, rule="batch_dots")[2] == []
+
+    def both(x, w):
+        return jnp.matmul(x, w, precision="highest"), jnp.matmul(x * 2.0, w, precision="highest")
+
+    program = superopt.trace(both, x, w).program
+    facts = [rw for rw in fusion.find_rewrites(program) if rw.rule == "batch_dots"]
+    assert len(facts) == 2
+    batched = fusion.apply(program, facts)
+    assert batched.count_ops()["dot_general"] == 1
+    jaxpr = str(jax.make_jaxpr(to_callable(batched))(x, w))
+    assert jaxpr.count("dot_general") == 1 and jaxpr.count("HIGHEST") == 2
+
+
+def test_concat_shared_lhs_keeps_each_precision_apart():
+    x, w = jnp.ones((4, 3)), jnp.ones((3, 5))
+
+    def fn(x, w):
+        return [jnp.matmul(x, w * s, precision=p) for s, p in
+                ((1.0, "highest"), (2.0, None), (3.0, "highest"), (4.0, None))]  # fmt: skip
+
+    _, new, facts = _rewrite(fn, x, w, rule="concat_shared_lhs")
+    assert len(facts) == 4
+    for fact in facts:
+        assert fact.after.args[0].params["precision"] == fact.before.params["precision"]
+    assert str(jax.make_jaxpr(new)(x, w)).count("HIGHEST") == 2  # one dot of each precision
+
+
+def _hand_attention(p_scores, p_out):
+    def fn(q, k, v):
+        scores = jnp.matmul(q, k.T, precision=p_scores) / 2.0
+        return jnp.matmul(jax.nn.softmax(scores, axis=-1), v, precision=p_out)
+
+    return fn
+
+
+def _precise_xent(precision):
+    def fn(h, w, labels):
+        logits = jnp.matmul(h, w, precision=precision)
+        picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+        return jax.nn.logsumexp(logits, axis=-1) - picked
+
+    return fn
+
+
+def test_fused_ops_do_not_replace_dots_with_an_explicit_precision():
+    # The fused ops compute at the default precision: a dot that names another is kept.
+    q = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+    for p_scores, p_out in ((None, None), ("highest", None), (None, "highest"), ("high",) * 2):
+        facts = _rewrite(_hand_attention(p_scores, p_out), q, q, q, rule="flash_attention")[2]
+        assert len(facts) == (p_scores is None and p_out is None), (p_scores, p_out)
+    h, w, labels = jnp.ones((4, 3)), jnp.ones((3, 10)), jnp.zeros(4, jnp.int32)
+    for precision in (None, "highest", "high"):
+        facts = _rewrite(_precise_xent(precision), h, w, labels, rule="chunked_xent")[2]
+        assert len(facts) == (precision is None), precision

@@ -14,6 +14,7 @@ from helpers import assert_tree_allclose, roundtrip, scalar_loss
 from jax import lax
 
 import superopt
+from superopt._search import search
 
 
 def _grad_matches(fn: Any, *args: Any, argnums: tuple[int, ...] = (0,)) -> None:
@@ -317,19 +318,43 @@ def test_typed_keys_made_by_known_ops_stay_opaque() -> None:
     assert not superopt.verify(jr.split, lambda k: jr.split(jr.fold_in(k, 1)), key).ok
 
 
-def test_a_dot_with_an_explicit_precision_keeps_it() -> None:
-    # The IR's dots carry no precision: one that names a precision stays an opaque call,
-    # so no rewrite can drop it (on GPU, HIGHEST against TF32).
-    a, v = jnp.ones((16, 16)), jnp.ones((16, 2))
+def _chain_at(precision: Any) -> Any:
+    def chain(a: jax.Array, b: jax.Array, v: jax.Array) -> jax.Array:
+        return jnp.matmul(jnp.matmul(a, b, precision=precision), v, precision=precision)
 
-    def chain_at(precision: Any) -> Any:
-        def chain(a: jax.Array, b: jax.Array, v: jax.Array) -> jax.Array:
-            return jnp.matmul(jnp.matmul(a, b, precision=precision), v, precision=precision)
+    return chain
 
-        return chain
 
-    for precision, modelled in ((None, 2), (lax.Precision.DEFAULT, 2), ("highest", 0)):
-        traced = superopt.trace(chain_at(precision), a, a, v)
-        assert traced.program.count_ops().get("dot_general", 0) == modelled
-    opt = superopt.optimize(chain_at(lax.Precision.HIGHEST), a, a, v, cache=False)
+def test_a_dot_with_an_explicit_precision_is_rewritable_and_keeps_it() -> None:
+    # The IR's dots carry their precision: a HIGHEST chain is two real dots that the
+    # rules can reassociate, and no rewrite drops the precision (on GPU, HIGHEST vs TF32).
+    a, v = jnp.ones((32, 32)), jnp.ones((32, 2))
+    highest = ("HIGHEST", "HIGHEST")
+    cases = ((None, None), (lax.Precision.DEFAULT, None), ("highest", highest),
+             ((lax.Precision.HIGH, lax.Precision.HIGHEST), ("HIGH", "HIGHEST")))  # fmt: skip
+    for precision, modelled in cases:
+        traced = superopt.trace(_chain_at(precision), a, a, v)
+        dots = [n for n in traced.program.nodes() if n.op == "dot_general"]
+        assert len(dots) == 2 and all(d.params["precision"] == modelled for d in dots)
+    program = superopt.trace(_chain_at("highest"), a, a, v).program
+    found = search(program, rules=["dot_assoc"], cost_model="flops").candidates
+    reassociated = [c for c in found if c.program.outputs[0].args[1].op == "dot_general"]
+    assert reassociated, "dot_assoc did not fire on the HIGHEST chain"
+    for cand in found:
+        assert all(n.params["precision"] == highest
+                   for n in cand.program.nodes() if n.op == "dot_general")  # fmt: skip
+    opt = superopt.optimize(_chain_at(lax.Precision.HIGHEST), a, a, v, cost_model="flops",
+                            cache=False)  # fmt: skip
+    assert any("dot_assoc" in step.rule for step in opt.report.rewrites)
     assert str(jax.make_jaxpr(opt)(a, a, v)).count("HIGHEST") == 4  # two dots, two operands
+    assert_tree_allclose(opt(a, a, v), _chain_at("highest")(a, a, v))
+
+
+def test_a_dot_algorithm_stays_opaque() -> None:
+    # A dot algorithm (operand and accumulation types) has no IR form: the dot stays an
+    # opaque call that keeps it.
+    a = jnp.ones((4, 4))
+    preset = lax.DotAlgorithmPreset.F32_F32_F32
+    traced = superopt.trace(lambda x, y: jnp.matmul(x, y, precision=preset), a, a)
+    assert "dot_general" not in traced.program.count_ops()
+    assert traced.program.count_ops()["opaque"] == 1

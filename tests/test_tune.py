@@ -32,6 +32,8 @@ PROGRAMS = [
     ("bf16", lambda x: (x.astype(jnp.bfloat16) * 3).astype(jnp.float32), (_normal(5, 8),)),
     ("const", lambda x: x + np.arange(4.0, dtype=np.float32) ** 2, (_normal(6, 4),)),
     ("keys", lambda k: jax.random.normal(k, (3,)), (jax.random.key(0),)),
+    ("highest", lambda a, b: jnp.matmul(a, b, precision="highest") @ b.T,
+     (_normal(7, 4, 3), _normal(8, 3, 3))),
 ]  # fmt: skip
 
 
@@ -50,6 +52,16 @@ def test_a_stored_program_rebuilds_against_a_new_trace(name, fn, args):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
                                    rtol=1e-5)  # fmt: skip
+
+
+def test_a_dot_precision_is_stored_as_plain_data():
+    fn = lambda a, b: jnp.matmul(a, b, precision="highest") @ b  # noqa: E731
+    program = superopt.trace(fn, _normal(0, 3, 3), _normal(1, 3, 3)).program
+    data = _tune.dump_program(program, program)
+    stored = sorted(
+        json.dumps(row[2]["precision"]) for row in data["nodes"] if row[0] == "dot_general"
+    )
+    assert stored == ["null", '{"$tuple": ["HIGHEST", "HIGHEST"]}']  # not a reference
 
 
 def test_a_rewritten_program_is_stored_relative_to_its_reference():

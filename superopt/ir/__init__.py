@@ -16,6 +16,7 @@ from ._ops import BINARY_OPS as BINARY_OPS
 from ._ops import REDUCTIONS as REDUCTIONS
 from ._ops import UNARY_OPS as UNARY_OPS
 from ._ops import OpaqueEqn as OpaqueEqn
+from ._ops import dot_precision as dot_precision
 from ._ops import dtype_src as dtype_src
 from ._ops import value_src as value_src
 from ._registry import Cost as Cost

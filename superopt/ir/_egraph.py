@@ -46,7 +46,10 @@ constructors only).
   every e-class that a rule creates with a typed constructor.
 - `Tensor.dot(x, y, dn, pref)`: `dn` is `dn_key(dimension_numbers)` (`MATMUL` is
   `(((1,),(0,)),((),()))`, `VECMAT` is `(((0,),(0,)),((),()))`, `BMM` is
-  `(((2,),(1,)),((0,),(0,)))`), `pref` the preferred element type's name or `"None"`.
+  `(((2,),(1,)),((0,),(0,)))`), `pref` the preferred element type's name or `"None"`,
+  then `@` and the pair for an explicit precision (`"None@HIGHEST,HIGHEST"`, `dot_pref`).
+  Passing `pref` through keeps the precision; a rule that writes its own builds a default
+  dot, so it must not match an explicit-precision one (matching a dtype name never does).
 - `Tensor.binary(op, x, y)` / `Tensor.unary(op, x)` with the registry op name.
 - `Tensor.reduce(op, x, axes: Vec[i64])`, `Tensor.transpose(x, perm: Vec[i64])`.
 - `Tensor.literal(key)` is a rank-0 literal; `literal_key(value, dtype)` gives its key.
@@ -108,7 +111,7 @@ class Tensor(Expr):
     @classmethod
     def binary(cls, op: StringLike, x: Tensor, y: Tensor) -> Tensor: ...
 
-    # dot_general(x, y) with dimension numbers `dn_key(...)` and preferred type name
+    # dot_general(x, y) with dimension numbers `dn_key(...)` and `dot_pref(type, precision)`
     @classmethod
     def dot(cls, x: Tensor, y: Tensor, dn: StringLike, pref: StringLike) -> Tensor: ...
 
@@ -255,6 +258,21 @@ def _dtype_name(dtype: Any) -> str:
     return "None" if dtype is None else np.dtype(dtype).name
 
 
+def dot_pref(preferred_element_type: Any, precision: tuple[str, str] | None = None) -> str:
+    """`Tensor.dot`'s `pref`: the preferred type's name, alone for a default precision."""
+    name = _dtype_name(preferred_element_type)
+    return name if precision is None else f"{name}@{','.join(precision)}"
+
+
+def _dot_params(dn: str, pref: str) -> Params:
+    name, _, precision = pref.partition("@")
+    return Params(
+        dimension_numbers=_DNS[dn],
+        preferred_element_type=None if name == "None" else np.dtype(name),
+        precision=tuple(precision.split(",")) if precision else None,
+    )
+
+
 # One row per typed constructor: how a node's fields become the constructor's arguments.
 # Field kinds: "s" a string, "t" an operand, "v" a vector of ints, "i" an int, "l" a list
 # of operands. Both encoders (Python terms, and egglog text for speed) read this table.
@@ -272,7 +290,7 @@ def _spec(node: Node) -> tuple[str, list[tuple[str, Any]]]:
     if category == "binary":
         return "binary", [("s", op), ("t", 0), ("t", 1)]
     if op == "dot_general":
-        pref = _dtype_name(p["preferred_element_type"])
+        pref = dot_pref(p["preferred_element_type"], p.get("precision"))
         return "dot", [("t", 0), ("t", 1), ("s", dn_key(p["dimension_numbers"])), ("s", pref)]
     if category == "reduce":
         return "reduce", [("s", op), ("t", 0), ("v", p["axes"])]
@@ -565,11 +583,7 @@ class _Parser:
         if kind == "binary":
             return ENode(nid, val(ch[0]), Params(), (ten(ch[1]), ten(ch[2])))
         if kind == "dot":
-            pref = val(ch[3])
-            params = Params(
-                dimension_numbers=_DNS[val(ch[2])],
-                preferred_element_type=None if pref == "None" else np.dtype(pref),
-            )
+            params = _dot_params(val(ch[2]), val(ch[3]))
             return ENode(nid, "dot_general", params, (ten(ch[0]), ten(ch[1])))
         if kind == "reduce":
             return ENode(nid, val(ch[0]), Params(axes=val(ch[2])), (ten(ch[1]),))

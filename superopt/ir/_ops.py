@@ -263,18 +263,58 @@ register_op(
 # ---------------------------------------------------------------- dot_general
 
 
+PRECISIONS = tuple(p.name for p in lax.Precision)  # "DEFAULT", "HIGH", "HIGHEST"
+
+
+def dot_precision(precision: Any) -> tuple[str, str] | None:
+    """The IR form of a `dot_general` precision.
+
+    **Arguments:**
+
+    - `precision`: what `lax.dot_general` takes or a jaxpr holds: `None`, a
+      `lax.Precision`, its name, or a pair of those (one per operand).
+
+    **Returns:** `None` for the default (`None`, `DEFAULT` or a pair of them), else the
+    pair of `lax.Precision` names, e.g. `("HIGHEST", "HIGHEST")`: hashable, comparable,
+    and plain data for the tuning cache.
+
+    **Raises:** `ShapeError` for anything else (a `lax.DotAlgorithmPreset` or
+    `lax.DotAlgorithm`): the IR cannot carry it faithfully, so such a dot stays opaque.
+    """
+    each = tuple(precision) if isinstance(precision, tuple | list) else (precision, precision)
+
+    def name(p: Any) -> str | None:
+        if p is None:
+            return "DEFAULT"
+        if isinstance(p, lax.Precision):
+            return p.name
+        if isinstance(p, str):
+            # The IR's own names ("HIGHEST"), or lax's ("highest", "float32", ...).
+            if p in PRECISIONS:
+                return p
+            try:
+                return lax.Precision(p).name
+            except ValueError:
+                return None
+        return None
+
+    names = [name(p) for p in each]
+    if len(names) != 2 or names[0] is None or names[1] is None:
+        raise ShapeError(f"dot_general with precision {precision!r} is not modelled")
+    return None if names == ["DEFAULT", "DEFAULT"] else (names[0], names[1])
+
+
+def _lax_precision(precision: tuple[str, str] | None) -> Any:
+    return None if precision is None else tuple(lax.Precision[n] for n in precision)
+
+
 def _dot_params(params: dict[str, Any]) -> dict[str, Any]:
-    precision = params.get("precision")
-    each = precision if isinstance(precision, tuple | list) else (precision,)
-    if any(p not in (None, lax.Precision.DEFAULT) for p in each):
-        # An explicit precision (HIGHEST, ...) is not carried by the IR: the dot stays an
-        # opaque call that keeps it, rather than a rewritable one that would drop it.
-        raise ShapeError(f"dot_general with precision {precision} is not modelled")
     (lc, rc), (lb, rb) = params["dimension_numbers"]
     pref = params.get("preferred_element_type")
     return {
         "dimension_numbers": ((_tuple(lc), _tuple(rc)), (_tuple(lb), _tuple(rb))),
         "preferred_element_type": None if pref is None else np.dtype(pref),
+        "precision": dot_precision(params.get("precision")),
     }
 
 
@@ -293,6 +333,11 @@ def _dot_type(args: Sequence[Node], p: Params):
     batch = [a.shape[i] for i in lb]
     free_a = [a.shape[i] for i in range(a.ndim) if i not in lc and i not in lb]
     free_b = [b.shape[j] for j in range(b.ndim) if j not in rc and j not in rb]
+    if dot_precision(p.get("precision")) != p.get("precision"):
+        raise ShapeError(
+            f"dot_general precision {p.get('precision')!r} is not in the IR's form: "
+            "None or a pair of lax.Precision names such as ('HIGHEST', 'HIGHEST')"
+        )
     pref = p["preferred_element_type"]
     if pref is None and a.dtype != b.dtype:
         raise ShapeError(f"dot_general of {a.dtype} and {b.dtype} needs one dtype")
@@ -307,12 +352,30 @@ def _dot_cost(node: Node) -> Cost:
     return Cost(2.0 * node.size * contracted, 0.0, read, written)
 
 
+def _dot_lower(
+    a: Any, b: Any, *, dimension_numbers: Any, preferred_element_type: Any, precision: Any = None
+) -> Any:
+    return lax.dot_general(
+        a,
+        b,
+        dimension_numbers,
+        precision=_lax_precision(precision),
+        preferred_element_type=preferred_element_type,
+    )
+
+
 def _dot_render(a: Sequence[str], p: Params) -> str:
     pref = p["preferred_element_type"]
     pref_src = "None" if pref is None else dtype_src(pref)
+    precision = p.get("precision")
+    # A default dot renders as it always has; an explicit precision is spelled out.
+    prec_src = (
+        "" if precision is None
+        else ", precision=(" + ", ".join(f"lax.Precision.{n}" for n in precision) + ")"
+    )  # fmt: skip
     return (
         f"lax.dot_general({a[0]}, {a[1]}, {p['dimension_numbers']}, "
-        f"preferred_element_type={pref_src})"
+        f"preferred_element_type={pref_src}{prec_src})"
     )
 
 
@@ -320,14 +383,14 @@ register_op(
     OpDef(
         "dot_general",
         "dot_general",
-        lambda a, b, *, dimension_numbers, preferred_element_type: lax.dot_general(
-            a, b, dimension_numbers, preferred_element_type=preferred_element_type
-        ),
+        _dot_lower,
         _dot_render,
         _dot_cost,
         type_rule=_dot_type,
         primitives=("dot_general",),
         from_eqn=_dot_params,
+        # Rules and tests that build dots without naming a precision mean the default.
+        defaults={"precision": None},
     )
 )
 

@@ -6,8 +6,8 @@ codegen lowers and renders through here; the cost models read FLOPs and bytes fr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -79,6 +79,8 @@ class OpDef:
     - `primitives`: the JAX primitive names traced into this op.
     - `from_eqn`: a JAX equation's params to this op's params (`None` keeps them).
     - `elementwise`: whether the op maps elements independently.
+    - `defaults`: params that `make` fills in when they are not given, so that nodes
+      built by code that predates a param get the same params (and key) as traced ones.
     """
 
     name: str
@@ -90,6 +92,7 @@ class OpDef:
     primitives: tuple[str, ...] = ()
     from_eqn: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     elementwise: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 _OPS: dict[str, OpDef] = {}
@@ -140,8 +143,11 @@ def infer_type(name: str, args: Sequence[Node], params: Params):
 
 
 def make(name: str, *args: Node, **params: Any) -> Node:
-    """Build a type-checked node: `make("add", x, y)`, `make("reduce_sum", x, axes=(0,))`."""
-    p = Params(params)
+    """Build a type-checked node: `make("add", x, y)`, `make("reduce_sum", x, axes=(0,))`.
+
+    Params the op declares `defaults` for may be left out.
+    """
+    p = Params({**get_op(name).defaults, **params})
     shape, dtype = infer_type(name, args, p)
     return Node(name, tuple(args), p, tuple(int(d) for d in shape), dtype)
 
