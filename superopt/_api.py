@@ -34,7 +34,7 @@ from ._errors import CacheError, SearchError, SignatureError, TraceError
 from ._extract import check_cost_model
 from ._report import Report, verdict_dict
 from ._rules import select_rules
-from ._search import Candidate, SearchResult, search
+from ._search import MIN_PREDICTED_GAIN, Candidate, SearchResult, search, trusted
 from ._trace import ArgSpec, Traced, static_positions, trace
 from .ir import Program
 
@@ -301,6 +301,7 @@ def optimize(
         "budget": budget,
         "verify": verify,
         "weights": _weights_id(cost_model),
+        "min_predicted_gain": MIN_PREDICTED_GAIN if budget == 0 else None,
     }
     record = None
     if cache:
@@ -345,7 +346,10 @@ def optimize(
             build, phases, cache_dir if cache else False,
         )  # fmt: skip
     else:
-        winner = next((w for w in map(build, candidates) if w is not None), None)
+        pool, untrusted = trusted(candidates)
+        winner = next((w for w in map(build, pool) if w is not None), None)
+        if untrusted:  # said only if the original is what comes back
+            kept_reference = f"{result.note}; {untrusted}" if result.note else untrusted
 
     common = dict(
         function=name,

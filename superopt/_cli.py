@@ -470,6 +470,15 @@ def evaluate(
             "1, 2, 4, 8, 16 measurements proposed by each model and at random.",
         ),
     ] = False,
+    untimed: Annotated[
+        bool,
+        typer.Option(
+            "--untimed",
+            help="Replay optimize's untimed choice instead (budget=0: the model's best "
+            "variant replaces the program only if predicted a margin faster) on every "
+            "program with a reference variant, for several margins.",
+        ),
+    ] = False,
 ) -> None:
     """Compare the learned and analytical models on the held-out families of a dataset."""
     from costmodel import run_evaluation
@@ -481,6 +490,17 @@ def evaluate(
             _check_png(png, dataset)
         if weights is not None:
             _check_weights(weights)
+        if autotune and untimed:
+            raise UsageError("--autotune and --untimed are two experiments: pick one")
+        if untimed and png is not None:
+            raise UsageError("--untimed prints a table and draws no plot: leave out --png")
+        if untimed:
+            from costmodel.untimed import run_untimed
+
+            from ._search import MIN_PREDICTED_GAIN
+
+            run_untimed(dataset, weights, chosen=MIN_PREDICTED_GAIN)
+            return
         if autotune:
             from costmodel.autotune import run_autotune
 

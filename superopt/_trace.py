@@ -133,7 +133,7 @@ class Traced:
                 and not isinstance(leaf, jax.core.Tracer)
                 and leaf.shape == spec.shape
                 and leaf.dtype == spec.dtype
-                and leaf.weak_type == spec.weak
+                and getattr(leaf, "weak_type", None) == spec.weak  # typed keys have none
             ):
                 continue
             got = ArgSpec.of(leaf)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -13,7 +14,7 @@ from rich.console import Console
 
 import superopt
 import superopt._api as api
-from superopt._search import Candidate, RewriteStep, SearchResult
+from superopt._search import MIN_PREDICTED_GAIN, Candidate, RewriteStep, SearchResult, trusted
 from superopt._trace import ArgSpec
 from superopt.ir import Program, make
 
@@ -209,6 +210,48 @@ def _double_search(program, **options):
     step = RewriteStep("mul_two_to_add", "x * 2", "x + x")
     cand = Candidate(Program(program.inputs, (out,), {}), (step,), 1e-7, "x+x")
     return SearchResult((cand, Candidate(program)), {"nodes": 4.0, "time_s": 0.001})
+
+
+@pytest.mark.parametrize("gain", [0.05, 0.3])
+def test_untimed_a_rewrite_wins_only_by_a_clear_predicted_margin(monkeypatch, gain):
+    # x * 2 -> x + x, predicted `gain` faster than the reference.
+    def search_with_reference_time(program, **options):
+        (rewrite, reference), stats = _double_search(program).candidates, {"nodes": 4.0}
+        ref_s = 1e-4
+        rewrite = dataclasses.replace(rewrite, predicted_s=ref_s * (1 - gain))
+        reference = dataclasses.replace(reference, predicted_s=ref_s)
+        return SearchResult((rewrite, reference), stats, "2 candidates")
+
+    monkeypatch.setattr(api, "search", search_with_reference_time)
+    fn = lambda x: x * 2.0  # noqa: E731
+    x = _normal(0, 6)
+    opt = superopt.optimize(fn, x, cache=False)
+    assert opt.report.verified
+    np.testing.assert_allclose(opt(x), fn(x), rtol=1e-6)
+    if gain > MIN_PREDICTED_GAIN:
+        assert opt.report.status == "optimized" and opt.report.candidate == "x+x"
+        return
+    assert opt.report.status == "unchanged" and opt.report.candidate == "reference"
+    assert opt.program is None and opt.report.rewrites == ()
+    assert "2 candidates" in opt.report.reason
+    assert "(x+x) is predicted 5.0% faster than the original (95.0 us against 100.0 us)" in (
+        opt.report.reason
+    )
+    # With a budget the hardware decides: the rewrite is timed, not dropped.
+    timed = superopt.optimize(fn, x, budget=2, cache=False)
+    assert [m["label"] for m in timed.report.measurements] == ["x+x"]
+
+
+def test_trusted_keeps_what_it_cannot_compare():
+    prog = superopt.trace(lambda x: x * 2.0, jnp.ones(3)).program
+    unscored = [Candidate(prog, (), None, "variant0"), Candidate(prog, (), 1.0, "reference")]
+    assert trusted(unscored) == (unscored, "")
+    no_reference_time = [Candidate(prog, (), 0.99, "variant0"), Candidate(prog)]
+    assert trusted(no_reference_time) == (no_reference_time, "")
+    # A close second behind a clear winner is dropped without a note: the winner stands.
+    ranked = [Candidate(prog, (), 0.5, "variant0"), Candidate(prog, (), 0.95, "variant1"),
+              Candidate(prog, (), 1.0, "reference")]  # fmt: skip
+    assert trusted(ranked) == ([ranked[0], ranked[2]], "")
 
 
 def test_a_rewritten_candidate_wins_and_is_timed_with_a_budget(monkeypatch):
