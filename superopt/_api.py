@@ -32,10 +32,11 @@ from . import _cache, _tune, _verify
 from ._codegen import render, to_callable
 from ._errors import CacheError, SearchError, SignatureError, TraceError
 from ._extract import check_cost_model
+from ._leaves import close_over_static
 from ._report import Report, verdict_dict
 from ._rules import select_rules
 from ._search import MIN_PREDICTED_GAIN, Candidate, SearchResult, search, trusted
-from ._trace import ArgSpec, Traced, static_positions, trace
+from ._trace import ArgSpec, Traced, split_arguments, static_positions, trace
 from .ir import Program
 
 # Verification of a candidate runs the user's inputs and at least one random input set,
@@ -229,10 +230,12 @@ def optimize(
     - `fn`: the function, plain or already wrapped in `jax.jit`.
     - `*example_args`: example arguments (arrays, numbers, pytrees of them). The result
       accepts arguments of exactly these shapes and dtypes; verification also runs on
-      these values. They are positional: the result takes each by position or by its
-      parameter's name, and other keyword arguments not at all (`optimize`'s own keywords
-      are its options). To optimize for a keyword argument, bind it in a wrapper
-      (`lambda x, w: fn(x, w=w)`) or use `@superopt.jit`, which takes them as `jax.jit` does.
+      these values. Other leaves (an Equinox model's activation) are static, as under
+      `eqx.filter_jit`: the result takes only the same ones (equal, or the same object).
+      They are positional: the result takes each by position or by its parameter's name,
+      and other keyword arguments not at all (`optimize`'s own keywords are its options).
+      To optimize for a keyword argument, bind it in a wrapper (`lambda x, w: fn(x, w=w)`)
+      or use `@superopt.jit`, which takes them as `jax.jit` does.
     - `cost_model`: `"learned"`, `"analytical"` or a cost model object; ranks candidates.
     - `budget`: how many candidates may be timed on the hardware. `0` trusts the cost
       model and times nothing. `N > 0` verifies and times at most `N` candidates (the
@@ -581,17 +584,11 @@ def _pytree_call(
 
 
 def _jax_can_trace(fn: Callable[..., Any], args: tuple[Any, ...], static: tuple[int, ...]) -> bool:
-    """Whether JAX itself can trace `fn(*args)` (so a failure is superopt's, not the input's)."""
-    dynamic_pos = [i for i in range(len(args)) if i not in static]
-
-    def partial(*dyn: Any) -> Any:
-        full = list(args)
-        for i, value in zip(dynamic_pos, dyn):
-            full[i] = value
-        return fn(*full)
-
+    """Whether JAX itself can trace `fn(*args)` (so a failure is superopt's, not the input's),
+    with the static arguments and the leaves that are not arrays closed over."""
+    bound, arrays = close_over_static(fn, args, static)
     try:
-        jax.eval_shape(partial, *[args[i] for i in dynamic_pos])
+        jax.eval_shape(bound, *arrays)
     except Exception:
         return False
     return True
@@ -599,11 +596,9 @@ def _jax_can_trace(fn: Callable[..., Any], args: tuple[Any, ...], static: tuple[
 
 def _signature_of(args: tuple[Any, ...], static_argnums: tuple[int, ...]) -> Traced:
     """A `Traced` that only knows the argument signature (for the original-function path)."""
-    static = {i: args[i] for i in static_argnums if i < len(args)}
-    dynamic = [a for i, a in enumerate(args) if i not in static]
-    leaves, in_tree = jax.tree_util.tree_flatten(dynamic)
-    specs = tuple(ArgSpec.of(leaf) for leaf in leaves)
-    return Traced(Program((), ()), in_tree, None, specs, static_argnums, static)
+    static, in_tree, arrays, static_leaves = split_arguments(args, static_argnums)
+    specs = tuple(ArgSpec.of(leaf) for leaf in arrays)
+    return Traced(Program((), ()), in_tree, None, specs, static_argnums, static, static_leaves)
 
 
 def _open_cache(cache_dir: str | None) -> Any:

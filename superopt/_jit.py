@@ -14,6 +14,7 @@ import numpy as np
 
 from ._api import _NOT_CALLABLE_MSG, Optimized, _function_name, optimize
 from ._errors import SignatureError, TraceError
+from ._leaves import StaticLeaves, is_array_leaf, split_leaves
 from ._trace import ArgSpec, jit_declared_statics
 
 _UNHASHABLE_STATIC_MSG = (
@@ -33,9 +34,11 @@ class Jitted:
     """`@superopt.jit`: optimizes a function once per input signature, like `jax.jit`.
 
     The signature is the pytree structure of the arguments, the shape, dtype and weak
-    typing of each leaf (a Python scalar is not a typed one), the names of the keyword
-    arguments, and the values of the static arguments. Each new signature runs
-    `superopt.optimize` on the first arguments that have it; later calls reuse the result.
+    typing of each array leaf (a Python scalar is not a typed one), the other leaves (an
+    Equinox model's activation function: held static, as under `eqx.filter_jit`, by value
+    where hashable, else by identity), the names of the keyword arguments, and the values
+    of the static arguments. Each new signature runs `superopt.optimize` on the first
+    arguments that have it; later calls reuse the result.
 
     Keyword arguments are dynamic (pytrees of arrays) unless named in `static_argnames`,
     as in `jax.jit`; the order they come in does not matter, but passing an argument by
@@ -137,9 +140,14 @@ class Jitted:
             static_values.append((i, flat[i]))
         dynamic = [a for i, a in enumerate(flat) if i not in static]
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
-        specs = tuple((spec.shape, str(spec.dtype), spec.weak) for spec in map(ArgSpec.of, leaves))
-        has_tracers = any(isinstance(x, jax.core.Tracer) for x in leaves)
-        return (layout, tree, specs, tuple(static_values)), has_tracers
+        # Leaves that are not arrays (a model's activation) are static, as under
+        # eqx.filter_jit: another one optimizes again. `StaticLeaves` keys them by value, or
+        # by identity where unhashable; the key holds them, so no id is reused meanwhile.
+        arrays, statics = split_leaves(leaves)
+        specs = tuple((spec.shape, str(spec.dtype), spec.weak) for spec in map(ArgSpec.of, arrays))
+        has_tracers = any(isinstance(x, jax.core.Tracer) for x in arrays)
+        key = (layout, tree, specs, StaticLeaves(statics), tuple(static_values))
+        return key, has_tracers
 
     def __repr__(self) -> str:
         return f"<superopt.jit {_function_name(self._fn)}: {len(self._optimized)} signature(s)>"
@@ -265,6 +273,8 @@ def _concrete_like(arg: Any, is_static: bool) -> Any:
     rng = np.random.default_rng(0)
 
     def leaf(x: Any) -> Any:
+        if not is_array_leaf(x):
+            return x
         spec = ArgSpec.of(x)
         dtype, shape = np.dtype(spec.dtype), spec.shape
         if spec.weak and shape == ():

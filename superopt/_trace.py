@@ -11,7 +11,9 @@ IR node; anything else becomes an opaque node carrying its equation verbatim.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,14 @@ import jax.extend.core as jcore
 import numpy as np
 
 from ._errors import ShapeError, TraceError
+from ._leaves import (
+    PYTHON_NUMBERS,
+    StaticLeaf,
+    is_array_leaf,
+    merge_leaves,
+    same_static,
+    split_leaves,
+)
 from .ir import Node, OpaqueEqn, Params, Program, op_for_primitive
 
 # Call-like primitives whose body is traced in place; the value is the params key
@@ -54,10 +64,23 @@ def _rule_is_jaxs(body: Any) -> bool:
         return False
 
 
+# Said when tracing fails: what superopt did to the arguments that may be the cause.
 _NOT_ARRAY_MSG = (
-    "argument {path} of type {kind} is not an array or a number. Pass arrays (or pytrees "
-    "of arrays) as example arguments, and mark other arguments static, e.g. "
+    "Superopt held {leaves} static (closed over, as eqx.filter_jit does), since a leaf that "
+    "is not an array or a number is not traced. Pass arrays (or pytrees of arrays) where the "
+    "function needs traced values, and mark other arguments static, e.g. "
     "`superopt.optimize(fn, x, 3, static_argnums=(1,))`."
+)
+_PYTHON_NUMBER_MSG = (
+    "Python numbers are traced, as weakly typed arrays ({paths}), where eqx.filter_jit holds "
+    "them static: if the function branches on one (an Equinox module's `inference` flag, "
+    "say), pass its argument by static_argnums or bind it in a closure."
+)
+_STATIC_LEAF_MSG = (
+    "argument {path} is {got}, but the function was optimized for {want}. A leaf that is "
+    "not an array or a number (a function, a string, ...) is held static: it is part of the "
+    "optimized program, as under eqx.filter_jit. Call superopt.optimize again with the new "
+    "value, or use @superopt.jit, which optimizes once per static value."
 )
 
 
@@ -95,9 +118,12 @@ class Traced:
     - `program`: the IR program over the flattened dynamic arguments.
     - `in_tree`: the pytree structure of the dynamic arguments.
     - `out_tree`: the pytree structure of the result.
-    - `arg_specs`: shape and dtype of each flattened argument.
+    - `arg_specs`: shape and dtype of each array leaf (each input of the program).
     - `static_argnums`: positions of the static arguments.
     - `static_args`: their values, by position.
+    - `static_leaves`: the leaves of the dynamic arguments that are held static (not
+      arrays or numbers, see `superopt._leaves`), in the order of their positions among
+      the leaves; the program's inputs are the other leaves.
     """
 
     program: Program
@@ -106,17 +132,24 @@ class Traced:
     arg_specs: tuple[ArgSpec, ...]
     static_argnums: tuple[int, ...]
     static_args: dict[int, Any]
+    static_leaves: tuple[StaticLeaf, ...] = ()
+
+    @functools.cached_property
+    def _array_positions(self) -> list[int]:
+        static = {s.index for s in self.static_leaves}
+        return [k for k in range(self.in_tree.num_leaves) if k not in static]
 
     def flatten_args(self, args: Sequence[Any]) -> list[Any]:
-        """The dynamic leaves of `args`, checked against the traced signature."""
+        """The array leaves of `args` (the program's inputs), checked against the traced
+        signature: structure, static arguments, static leaves, shapes and dtypes."""
         from ._errors import SignatureError
 
         dynamic = [a for i, a in enumerate(args) if i not in self.static_args]
         for i, value in self.static_args.items():
-            if i >= len(args) or not _same_static(args[i], value):
+            if i >= len(args) or not same_static(args[i], value):
                 raise SignatureError(
                     f"static argument {i} differs from the one optimized for "
-                    f"({value!r}); optimize again for a new static value"
+                    f"({_short(value)}); optimize again for a new static value"
                 )
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
         if tree != self.in_tree:
@@ -124,6 +157,17 @@ class Traced:
                 f"arguments have structure {tree}, but the function was optimized for "
                 f"{self.in_tree}"
             )
+        if self.static_leaves:
+            for static in self.static_leaves:
+                got = leaves[static.index]
+                # Identity first: the common call passes the very same model.
+                if got is not static.value and not same_static(got, static.value):
+                    raise SignatureError(
+                        _STATIC_LEAF_MSG.format(
+                            path=static.path, got=_short(got), want=_short(static.value)
+                        )
+                    )
+            leaves = [leaves[k] for k in self._array_positions]
         for k, (leaf, spec) in enumerate(zip(leaves, self.arg_specs)):
             # The common call: a concrete array of the traced type. Its shape, dtype and weak
             # typing are plain attributes; `ArgSpec.of` reads them through `jax.typeof` and
@@ -136,6 +180,11 @@ class Traced:
                 and getattr(leaf, "weak_type", None) == spec.weak  # typed keys have none
             ):
                 continue
+            if not is_array_leaf(leaf):
+                raise SignatureError(
+                    f"argument leaf {k} is {_short(leaf)}, but the function was optimized "
+                    f"for an array {spec!r}; call superopt.optimize again for new arguments"
+                )
             got = ArgSpec.of(leaf)
             if got.shape != spec.shape or got.dtype != spec.dtype or got.weak != spec.weak:
                 weak = (
@@ -152,11 +201,15 @@ class Traced:
         return leaves
 
 
-def _same_static(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:
-        return a is b
+def _short(value: Any) -> str:
+    """A few words for a static value: a function by its name, anything else by its
+    `repr`, cut short (a static leaf can be a large object)."""
+    name = getattr(value, "__qualname__", None)
+    if callable(value) and isinstance(name, str):
+        module = getattr(value, "__module__", None)
+        name = f"{module}.{name}" if module else name
+        return f"{type(value).__name__} {name}"
+    return f"{type(value).__name__} {reprlib.repr(value)}"
 
 
 def _leaf_dtype(leaf: Any) -> np.dtype:
@@ -329,7 +382,9 @@ def trace(
     **Arguments:**
 
     - `fn`: a JAX-traceable function, plain or wrapped in `jax.jit`.
-    - `*args`: example arguments: arrays, numbers or pytrees of them.
+    - `*args`: example arguments: arrays, numbers or pytrees of them. Leaves that are
+      neither (an Equinox model's activation function, a string) are held static, as
+      `eqx.filter_jit` holds them: closed over, not inputs of the program.
     - `static_argnums`: positions of arguments that are Python values, not arrays. A
       `jax.jit` function's own static arguments are added to them.
 
@@ -338,21 +393,12 @@ def trace(
     if not callable(fn):
         raise TraceError(f"superopt needs a callable to optimize, got {type(fn).__name__} {fn!r}")
     static_argnums = static_positions(static_argnums, len(args), fn)
-    static_args = {i: args[i] for i in static_argnums}
-    dynamic = [a for i, a in enumerate(args) if i not in static_args]
-    leaves, in_tree = jax.tree_util.tree_flatten(dynamic)
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(dynamic)[0]]
-    for path, leaf in zip(paths, leaves):
-        # ShapeDtypeStructs trace abstractly: huge shapes without allocating them.
-        if not isinstance(
-            leaf,
-            (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic, int, float, bool, complex),
-        ):
-            raise TraceError(_NOT_ARRAY_MSG.format(path=path or "0", kind=type(leaf).__name__))
+    static_args, in_tree, arrays, static_leaves = split_arguments(args, static_argnums)
+    statics = [(s.index, s.value) for s in static_leaves]
     out_tree_box: list[Any] = []
 
     def flat_fn(*flat: Any) -> list[Any]:
-        dyn = iter(jax.tree_util.tree_unflatten(in_tree, flat))
+        dyn = iter(jax.tree_util.tree_unflatten(in_tree, merge_leaves(flat, statics)))
         full = [static_args[i] if i in static_args else next(dyn) for i in range(len(args))]
         out = fn(*full)
         out_leaves, out_tree = jax.tree_util.tree_flatten(out)
@@ -360,10 +406,11 @@ def trace(
         return out_leaves
 
     try:
-        closed = jax.make_jaxpr(flat_fn)(*leaves)
+        closed = jax.make_jaxpr(flat_fn)(*arrays)
     except Exception as err:
         name = getattr(fn, "__name__", repr(fn))
-        raise TraceError(f"tracing {name} with the example arguments failed: {err}") from err
+        msg = f"tracing {name} with the example arguments failed: {err}"
+        raise TraceError(_with_hints(msg, err, args, static_argnums, static_leaves)) from err
     builder = _Builder()
     specs = []
     inputs = []
@@ -373,4 +420,58 @@ def trace(
         inputs.append(Node("input", (), Params(index=i), shape, dtype))
     outputs = builder.convert(closed.jaxpr, closed.consts, inputs)
     program = Program(tuple(inputs), tuple(outputs), builder.consts)
-    return Traced(program, in_tree, out_tree_box[-1], tuple(specs), static_argnums, static_args)
+    return Traced(
+        program, in_tree, out_tree_box[-1], tuple(specs), static_argnums, static_args,
+        static_leaves,
+    )  # fmt: skip
+
+
+def split_arguments(
+    args: Sequence[Any], static_argnums: tuple[int, ...]
+) -> tuple[dict[int, Any], Any, list[Any], tuple[StaticLeaf, ...]]:
+    """`args` taken apart as `trace` and `Traced` see them: the static arguments by
+    position, the pytree structure of the others, their array leaves (the program's
+    inputs) and their static leaves (`superopt._leaves`)."""
+    static_args = {i: args[i] for i in static_argnums if i < len(args)}
+    dynamic = [a for i, a in enumerate(args) if i not in static_args]
+    leaves, in_tree = jax.tree_util.tree_flatten(dynamic)
+    arrays, statics = split_leaves(leaves)
+    static_leaves: tuple[StaticLeaf, ...] = ()
+    if statics:
+        paths = _leaf_paths(dynamic, [i for i in range(len(args)) if i not in static_args])
+        static_leaves = tuple(StaticLeaf(k, paths[k], value) for k, value in statics)
+    return static_args, in_tree, arrays, static_leaves
+
+
+def _leaf_paths(dynamic: list[Any], positions: list[int]) -> list[str]:
+    """Each leaf's path as the user wrote the call: `[0].activation`, where 0 is the
+    argument's position among all the arguments, static ones included."""
+    paths = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(dynamic)[0]:
+        paths.append(f"[{positions[path[0].idx]}]{jax.tree_util.keystr(path[1:])}")
+    return paths
+
+
+def _with_hints(
+    msg: str,
+    err: Exception,
+    args: Sequence[Any],
+    static_argnums: tuple[int, ...],
+    static_leaves: tuple[StaticLeaf, ...],
+) -> str:
+    """A tracing failure's message, with what superopt did to the arguments that may be
+    the cause: leaves it held static, Python numbers it traced."""
+    hints = []
+    if static_leaves:
+        named = [f"argument {s.path} ({type(s.value).__name__})" for s in static_leaves[:3]]
+        more = f" and {len(static_leaves) - 3} more" if len(static_leaves) > 3 else ""
+        hints.append(_NOT_ARRAY_MSG.format(leaves=", ".join(named) + more))
+    if isinstance(err, jax.errors.ConcretizationTypeError):
+        dynamic = [a for i, a in enumerate(args) if i not in static_argnums]
+        positions = [i for i in range(len(args)) if i not in static_argnums]
+        leaves = jax.tree_util.tree_leaves(dynamic)
+        paths = _leaf_paths(dynamic, positions)
+        numbers = [p for p, leaf in zip(paths, leaves) if isinstance(leaf, PYTHON_NUMBERS)]
+        if numbers:
+            hints.append(_PYTHON_NUMBER_MSG.format(paths=", ".join(numbers[:3])))
+    return " ".join([msg, *hints])

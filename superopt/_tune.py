@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import _measure
+from ._leaves import close_over_static
 from ._search import Candidate
 from .ir import Node, Params, Program
 from .ir._node import param_text
@@ -366,24 +367,15 @@ def measure(
             timing.median_s, ref.median_s, timing.spread, True,
         )  # fmt: skip
     if fresh:
-        # The timer jits what it is given, so static arguments are closed over, not passed.
-        dynamic_pos = [i for i in range(len(args)) if i not in static_argnums]
-
-        def bind(fn: Callable[..., Any]) -> Callable[..., Any]:
-            def bound(*dyn: Any) -> Any:
-                full = list(args)
-                for i, value in zip(dynamic_pos, dyn):
-                    full[i] = value
-                return fn(*full)
-
-            return bound
-
-        fns = {"jax.jit": bind(reference)}
+        # The timer jits what it is given, so static arguments and the leaves that are not
+        # arrays (an Equinox model's functions) are closed over, not passed.
+        timed_reference, arrays = close_over_static(reference, args, static_argnums)
+        fns = {"jax.jit": timed_reference}
         for _, key, call in fresh:
-            fns[key] = bind(call)
+            fns[key] = close_over_static(call, args, static_argnums)[0]
         timings = _measure.time_callables(
             fns,
-            tuple(args[i] for i in dynamic_pos),
+            tuple(arrays),
             warmup=1,
             min_rounds=5,
             max_rounds=200,

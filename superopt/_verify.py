@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from ._errors import VerificationError
+from ._leaves import filter_jit, has_static_leaves, is_array_leaf
 
 # Default (rtol, floor) per float precision, keyed by the dtype's machine epsilon. The error
 # of one element is |a - b| / (|b| + atol) and must not exceed rtol; atol defaults to
@@ -243,7 +244,8 @@ def random_like(leaves: Sequence[Any], rng: np.random.Generator) -> list[Any]:
     value was non-negative, so that `log`/`sqrt` domains stay valid); integers are drawn in
     `[min, max]` of the user's values, so indices that were valid stay valid; booleans are
     fair coin flips. Python scalars stay Python scalars (their weak typing is kept), and
-    leaves that are not plain numeric arrays (PRNG keys, ...) are reused as they are.
+    leaves that are not plain numeric arrays (PRNG keys, ...) or not arrays at all (an
+    activation function, held static) are reused as they are.
 
     **Arguments:**
 
@@ -256,6 +258,9 @@ def random_like(leaves: Sequence[Any], rng: np.random.Generator) -> list[Any]:
     """
     out: list[Any] = []
     for leaf in leaves:
+        if not is_array_leaf(leaf):  # held static (a function, a string): never drawn
+            out.append(leaf)
+            continue
         if isinstance(leaf, bool | int | float | complex) and not isinstance(leaf, np.generic):
             drawn = _draw(np.asarray(leaf), rng)
             out.append(type(leaf)(drawn.item()))
@@ -433,11 +438,16 @@ def _check_one(
 def jit_static(
     fn: Callable[..., Any], args: Sequence[Any], static_argnums: tuple[int, ...]
 ) -> Callable[..., Any]:
-    """`jax.jit(fn)`, or `fn` itself when a static argument cannot be hashed."""
+    """`jax.jit(fn, static_argnums=...)` for calls like `fn(*args)`, or `fn` itself when a
+    static argument cannot be hashed. Where a leaf of the other arguments is not an array
+    (an Equinox model's activation function), JAX refuses it, so the leaves that are not
+    arrays are held static too, as `eqx.filter_jit` holds them (`superopt._leaves`)."""
     try:
         for i in static_argnums:
             if i < len(args):
                 hash(args[i])
     except TypeError:
         return fn
+    if has_static_leaves(args, static_argnums):
+        return filter_jit(fn, static_argnums)
     return jax.jit(fn, static_argnums=static_argnums)

@@ -232,9 +232,15 @@ def test_non_callable_is_a_trace_error() -> None:
         superopt.trace(table, jnp.ones(3))
 
 
-def test_string_argument_is_a_trace_error() -> None:
-    with pytest.raises(superopt.TraceError, match=r"\[1\]\['name'\].*str.*static_argnums"):
-        superopt.trace(lambda x, cfg: x, jnp.ones(3), {"name": "relu"})
+def test_a_string_leaf_used_as_an_array_is_a_trace_error_naming_it() -> None:
+    # A string leaf is held static (eqx.filter_jit's rule): fine where the function reads
+    # it as a Python value, named in the error where it needed an array.
+    traced = superopt.trace(lambda x, cfg: x, jnp.ones(3), {"name": "relu"})
+    assert [s.path for s in traced.static_leaves] == ["[1]['name']"]
+    with pytest.raises(
+        superopt.TraceError, match=r"\[1\]\['name'\] \(str\) static.*static_argnums"
+    ):
+        superopt.trace(lambda x, cfg: x * cfg["name"], jnp.ones(3), {"name": "relu"})
 
 
 def test_failing_function_is_a_trace_error() -> None:
@@ -258,6 +264,32 @@ def test_flatten_args_checks_the_signature() -> None:
         traced.flatten_args((jnp.zeros((2, 3), jnp.int32), {"s": jnp.ones(())}))
     with pytest.raises(superopt.SignatureError, match="structure"):
         traced.flatten_args((jnp.zeros((2, 3)), {"s": jnp.ones(()), "t": jnp.ones(())}))
+
+
+def test_leaves_that_are_not_arrays_are_static() -> None:
+    # eqx.filter_jit's rule: arrays (and, here, Python numbers) are traced, other leaves
+    # (a function, a string) are closed over and checked on every call.
+    def fn(x: jax.Array, scale: float, p: dict[str, Any]) -> jax.Array:
+        return getattr(jnp, p["name"])(p["act"](x * p["w"]) * scale)
+
+    x, w = jnp.linspace(-1.0, 1.0, 6), jnp.full(6, 0.5)
+    p = {"act": jnp.tanh, "name": "sin", "w": w}
+    rt = roundtrip(fn, x, 2.0, p, static_argnums=(1,))
+    traced = rt.traced
+    # Positions among the leaves of x and p; paths among all the arguments.
+    assert [(s.index, s.path) for s in traced.static_leaves] == [
+        (1, "[2]['act']"),
+        (2, "[2]['name']"),
+    ]
+    assert [np.shape(a) for a in traced.flatten_args((x, 2.0, p))] == [(6,), (6,)]
+    assert len(traced.program.inputs) == 2 and traced.program.count_ops()["tanh"] == 1
+    assert_tree_allclose(rt(x, 2.0, p), fn(x, 2.0, p))
+    grad = jax.grad(lambda w: rt(x, 2.0, {**p, "w": w}).sum())(w)
+    assert_tree_allclose(grad, jax.grad(lambda w: fn(x, 2.0, {**p, "w": w}).sum())(w))
+    with pytest.raises(superopt.SignatureError, match=r"argument \[2\]\['act'\] is .*sin"):
+        rt(x, 2.0, {**p, "act": jnp.sin})
+    with pytest.raises(superopt.SignatureError, match=r"argument \[2\]\['name'\] is str 'cos'"):
+        rt(x, 2.0, {**p, "name": "cos"})
 
 
 def test_x64_program_round_trips() -> None:
