@@ -12,13 +12,16 @@ JAX writes `A @ B` as `dot_general` with dimension numbers `(((1,),(0,)),((),())
 (`MATMUL`, also for matrix @ vector), `v @ A` with `(((0,),(0,)),((),()))` (`VECMAT`), a
 batched matmul as `(((2,),(1,)),((0,),(0,)))` (`BMM`), `2.0 * A` as `mul A 2.0:f32[]`,
 `jnp.sum` as `reduce_sum[axes=(0, 1)]` and `A.T` as `transpose[permutation=(1, 0)]`.
+A dot of 2-D operands that contracts other dimensions (`jnp.einsum("ij,kj->ik", x, w)`
+is `(((1,),(1,)),((),()))`, `NT` here) is rewritten to a `MATMUL` of transposes
+(`dot_transposed`), which the other rules then match.
 """
 
 from __future__ import annotations
 
 from egglog import Ruleset, String, Vec, birewrite, eq, i64, rewrite, ruleset
 
-from superopt.ir._egraph import BMM, MATMUL, VECMAT, Tensor, literal_key, rank
+from superopt.ir._egraph import BMM, MATMUL, VECMAT, Tensor, dn_key, literal_key, rank
 
 
 def _v(*xs: int) -> Vec[i64]:
@@ -31,6 +34,10 @@ def _r(x: Tensor, k: int):
 
 SUM = "reduce_sum"
 T2 = _v(1, 0)
+
+# The other single contractions of 2-D operands, in BLAS terms (a^T b is VECMAT's string).
+NT = dn_key((((1,), (1,)), ((), ())))  # a @ b^T
+TT = dn_key((((0,), (1,)), ((), ())))  # a^T @ b^T; b @ x for 1-D x
 
 
 # ---------------------------------------------------------------- associativity
@@ -179,6 +186,33 @@ def transpose_of_dot(a: Tensor, b: Tensor, p: String):
     )
 
 
+@ruleset
+def dot_transposed(a: Tensor, b: Tensor, x: Tensor, p: String):
+    # Every other single contraction of 2-D operands as a MATMUL of transposes, which the
+    # rules above match. One way: backwards it would fold transposes into dots, which XLA
+    # does itself, and grew the e-graph of an MLP's gradient 1.6x.
+    # dot(a, b, VECMAT) = a^T @ b; a 2-D (for 1-D a it is a @ b, below), b of any rank
+    yield rewrite(Tensor.dot(a, b, VECMAT, p)).to(
+        Tensor.dot(Tensor.transpose(a, T2), b, MATMUL, p), _r(a, 2)
+    )
+    # dot(a, b, NT) = a @ b^T; a, b 2-D
+    yield rewrite(Tensor.dot(a, b, NT, p)).to(
+        Tensor.dot(a, Tensor.transpose(b, T2), MATMUL, p), _r(a, 2), _r(b, 2)
+    )
+    # dot(a, b, TT) = a^T @ b^T; a, b 2-D
+    yield rewrite(Tensor.dot(a, b, TT, p)).to(
+        Tensor.dot(Tensor.transpose(a, T2), Tensor.transpose(b, T2), MATMUL, p),
+        _r(a, 2),
+        _r(b, 2),
+    )
+    # dot(x, b, VECMAT) = x @ b = b^T @ x; x 1-D, b 2-D
+    yield rewrite(Tensor.dot(x, b, VECMAT, p)).to(
+        Tensor.dot(Tensor.transpose(b, T2), x, MATMUL, p), _r(x, 1), _r(b, 2)
+    )
+    # dot(x, b, TT) = b @ x; x 1-D, b 2-D
+    yield rewrite(Tensor.dot(x, b, TT, p)).to(Tensor.dot(b, x, MATMUL, p), _r(x, 1), _r(b, 2))
+
+
 _INVOLUTIONS = [(1, 0), (0, 2, 1), (1, 0, 2), (2, 1, 0), (0, 1, 3, 2), (0, 2, 1, 3)]
 
 
@@ -230,6 +264,7 @@ RULES: dict[str, Ruleset] = {
     "scalar_into_dot": scalar_into_dot,
     "unbroadcast_scalar": unbroadcast_scalar,
     "transpose_of_dot": transpose_of_dot,
+    "dot_transposed": dot_transposed,
     "transpose_transpose": transpose_transpose,
     "mul_one": mul_one,
     "add_zero": add_zero,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax import lax
 
 import superopt
 from superopt._codegen import evaluate
@@ -15,6 +16,12 @@ from superopt._search import search
 PROFILE = settings(max_examples=2, deadline=None)
 dims = st.integers(1, 12)
 
+
+def _dot(contracting):
+    return lambda a, b: lax.dot_general(a, b, (contracting, ((), ())))
+
+
+# A case named `rule:form` runs `rule` alone on one form of what it matches.
 CASES = {
     "dot_assoc": (lambda a, b, c: (a @ b) @ c, lambda m, k, n, p: [(m, k), (k, n), (n, p)]),
     "dot_assoc_vec": (lambda x, a, b: x @ (a @ b), lambda m, k, n, p: [(m,), (m, k), (k, n)]),
@@ -41,12 +48,22 @@ CASES = {
         lambda a, s, b: (a * jnp.broadcast_to(s, a.shape)) @ b,
         lambda m, k, n, p: [(m, k), (), (k, n)],
     ),
+    "dot_transposed:tn": (_dot(((0,), (0,))), lambda m, k, n, p: [(k, m), (k, n)]),
+    "dot_transposed:tn_vec": (_dot(((0,), (0,))), lambda m, k, n, p: [(k, m), (k,)]),
+    "dot_transposed:nt": (_dot(((1,), (1,))), lambda m, k, n, p: [(m, k), (n, k)]),
+    "dot_transposed:tt": (_dot(((0,), (1,))), lambda m, k, n, p: [(k, m), (n, k)]),
+    "dot_transposed:vecmat": (lambda x, b: x @ b, lambda m, k, n, p: [(k,), (k, n)]),
+    "dot_transposed:tt_vec": (_dot(((0,), (1,))), lambda m, k, n, p: [(k,), (n, k)]),
 }
+
+
+def _rule(name):
+    return name.partition(":")[0]
 
 
 def _variants_of(name, fn, args, top_k=16):
     tr = superopt.trace(fn, *args)
-    res = search(tr.program, rules=[name], top_k=top_k)
+    res = search(tr.program, rules=[_rule(name)], top_k=top_k)
     return tr, res
 
 
@@ -55,6 +72,18 @@ def _variants_of(name, fn, args, top_k=16):
 @PROFILE
 @given(m=dims, k=dims, n=dims, p=dims, seed=st.integers(0, 2**16))
 def test_rule_preserves_values(name, dtype, m, k, n, p, seed):
+    _check_values(name, dtype, m, k, n, p, seed)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if n.startswith("dot_transposed")))
+@PROFILE
+@given(n=st.integers(2, 12), seed=st.integers(0, 2**16))
+def test_dot_transposed_keeps_the_values_of_square_operands(name, n, seed):
+    # A transpose on the wrong side type-checks only on square operands: there, values tell.
+    _check_values(name, jnp.float32, n, n, n, n, seed)
+
+
+def _check_values(name, dtype, m, k, n, p, seed):
     fn, shapes = CASES[name]
     rng = np.random.default_rng(seed)
     args = [jnp.asarray(rng.normal(size=s), dtype) for s in shapes(m, k, n, p)]
@@ -76,7 +105,7 @@ def test_rule_fires(name):
     _, res = _variants_of(name, fn, args)
     keys = {c.program.canonical_key() for c in res.candidates}
     assert len(keys) >= 2, f"{name} produced no variant: {res.note}"
-    assert any(name in step.rule for c in res.candidates for step in c.rewrites), res.note
+    assert any(_rule(name) in step.rule for c in res.candidates for step in c.rewrites), res.note
 
 
 # Operands that lax broadcasts by a size-1 dimension (jax >= 0.10 traces `b + c[None]` so).
@@ -112,7 +141,7 @@ def test_rule_keeps_an_explicit_precision(name):
     args = [np.ones(s, np.float32) for s in shapes(8, 16, 4, 2)]
     with jax.default_matmul_precision("highest"):  # every dot of the trace names HIGHEST
         tr = superopt.trace(fn, *args)
-    res = search(tr.program, rules=[name], top_k=16)
+    res = search(tr.program, rules=[_rule(name)], top_k=16)
     assert len({c.program.canonical_key() for c in res.candidates}) >= 2, res.note
     for cand in res.candidates:
         dots = [n for n in cand.program.nodes() if n.op == "dot_general"]
@@ -129,3 +158,30 @@ def test_dots_of_different_precisions_are_not_combined(name):
 
     res = search(superopt.trace(fn, a, a, a).program, rules=[name], top_k=16)
     assert len(res.candidates) == 1, [c.rewrites for c in res.candidates]
+
+
+def _chain(a, b, v):
+    # Traced as d = dot(b, a, (((0,),(1,)),((),()))) = (a @ b)^T, then v @ d (VECMAT).
+    return jnp.einsum("ij,jk,k->i", a, b, v, optimize=False)
+
+
+def test_a_transposed_einsum_chain_is_reassociated():
+    # (A@B)@v hidden in other dimension numbers: with every rule, the 256 x 256 product
+    # goes and two matrix-vector products remain.
+    n = 256
+    rng = np.random.default_rng(0)
+    a, b, v = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(n, n), (n, n), (n,)])
+    program = superopt.trace(_chain, a, b, v).program
+    assert [d.shape for d in program.nodes() if d.op == "dot_general"] == [(n, n), (n,)]
+    res = search(program)
+    best = res.candidates[0]
+    dots = [d for d in best.program.nodes() if d.op == "dot_general"]
+    assert [d.shape for d in dots] == [(n,), (n,)], res.note
+    assert any("dot_transposed" in s.rule for s in best.rewrites), best.rewrites
+    expected = a @ (b @ v)
+    np.testing.assert_allclose(evaluate(best.program, a, b, v)[0], expected, rtol=1e-3, atol=1e-3)
+
+    opt = superopt.optimize(_chain, a, b, v, cost_model="flops", cache=False)
+    assert opt.report.verified
+    assert any("dot_transposed" in s.rule for s in opt.report.rewrites), opt.report
+    np.testing.assert_allclose(opt(a, b, v), expected, rtol=1e-3, atol=1e-3)
