@@ -450,16 +450,6 @@ def rerank(
     return [(float(seconds[i]), found[i][1], found[i][2]) for i in order]
 
 
-def program_seconds(cost_model: NodeCostModel, program: Program) -> float | None:
-    """A whole-program model's predicted seconds of `program`, if `cost_model` wraps one
-    (as `rerank` scores candidates); else `None`."""
-    if not isinstance(cost_model, CostModelNodes):
-        return None
-    from costmodel.features import featurize_program
-
-    return float(cost_model.model.score_programs([featurize_program(program)])[0])
-
-
 def model_doubts(cost_model: NodeCostModel, programs: Sequence[Program]) -> str:
     """A sentence on why a learned model's ranking of `programs` (the candidates that
     matter: its pick and the reference) is rough, or `""`: ops no training program had,

@@ -27,7 +27,6 @@ from ._extract import (
     alternatives,
     extract,
     model_doubts,
-    program_seconds,
     rerank,
     resolve_cost_model,
 )
@@ -516,7 +515,17 @@ def search(
         ex: Extraction = extract(view, node_model)
         # A whole-program model re-scores a larger pool of extracted candidates.
         pool = max(1, top_k, RERANK_POOL if isinstance(node_model, CostModelNodes) else 0)
-        found = rerank(alternatives(ex, program, pool), node_model)[: max(1, top_k)]
+        found = alternatives(ex, program, pool)
+        ref_key = program.canonical_key()
+        if isinstance(node_model, CostModelNodes) and all(
+            p.canonical_key() != ref_key for _, p, _ in found
+        ):
+            # Scored in the same batch, the reference gets a prediction to be compared with
+            # (`trusted`) even where it ranks outside the candidates returned.
+            found.append((float("inf"), program, {}))
+        ranked = rerank(found, node_model)
+        ref_s = next((c for c, p, _ in ranked if p.canonical_key() == ref_key), None)
+        found = ranked[: max(1, top_k)]
     except SearchError:
         raise
     except Exception as err:
@@ -532,7 +541,6 @@ def search(
         matches=sum(matches.values()),
         fusion_facts=len(facts),
     )
-    ref_key = program.canonical_key()
     candidates = []
     naming_deadline = time.perf_counter() + 1.5
     ref = _Reference.of(program, view)
@@ -548,7 +556,6 @@ def search(
         )
         candidates.append(Candidate(prog, steps, cost, f"variant{rank_i}"))
     if not any(c.label == "reference" for c in candidates):
-        ref_s = program_seconds(node_model, program)
         candidates.append(Candidate(program, (), ref_s, "reference"))
     stats["seconds_total"] = time.perf_counter() - start
     note = f"{len(candidates)} candidates; rules fired: " + (
