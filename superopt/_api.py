@@ -270,7 +270,6 @@ def optimize(
         raise ValueError(str(err)) from err
     static_argnums = static_positions(static_argnums, len(example_args), fn)
     name = _function_name(fn)
-    reference_call = _verify.jit_static(fn, example_args, static_argnums)
     phases: dict[str, float] = {}
     env = _environment(cost_model)
 
@@ -280,6 +279,7 @@ def optimize(
     except TraceError as err:
         if not _jax_can_trace(fn, example_args, static_argnums):
             raise
+        reference_call = _verify.jit_static(fn, example_args, static_argnums)
         # JAX runs it but the IR cannot carry it: hand back the original, untouched.
         signature = _signature_of(example_args, static_argnums)
         report = Report(
@@ -292,6 +292,8 @@ def optimize(
         )
         return Optimized(fn, signature, None, reference_call, report, _original_source(name))
     phases["trace"] = time.perf_counter() - start
+    reference_call = _verify.jit_static(fn, example_args, static_argnums, traced.hold_numbers,
+                                        static_outputs=bool(traced.static_outputs))  # fmt: skip
     ref_key = traced.program.canonical_key()
     program_key = _tune.stable_key(traced.program)
     ops_before = traced.program.count_ops()
@@ -345,7 +347,7 @@ def optimize(
     kept_reference = ""
     if budget > 0:
         winner, timings, measured, kept_reference = _autotune(
-            fn, example_args, static_argnums, candidates, ref_key, program_key, budget,
+            fn, example_args, traced, candidates, ref_key, program_key, budget,
             build, phases, cache_dir if cache else False,
         )  # fmt: skip
     else:
@@ -365,8 +367,8 @@ def optimize(
     )
     if winner is None:
         failures.append("no candidate passed, so the original function is returned")
-        report = Report(status="fallback", reason=_sentences(failures), ops_after=ops_before,
-                        **common)  # fmt: skip
+        report = Report(status="fallback", reason=_sentences([traced.note, *failures]),
+                        ops_after=ops_before, **common)  # fmt: skip
         return Optimized(fn, traced, None, reference_call, report, _original_source(name))
 
     cand, flat_call, source, verdict = winner
@@ -384,7 +386,7 @@ def optimize(
         )  # fmt: skip
     report = Report(
         status=status,
-        reason=reason,
+        reason=_sentences([traced.note, reason]),
         verified=verify,
         verdict=verdict_dict(verdict),
         predicted_s=cand.predicted_s,
@@ -457,6 +459,7 @@ def _build(
                 *example_args,
                 static_argnums=static_argnums,
                 time_budget_s=VERIFY_BUDGET_S,
+                hold_numbers=traced.hold_numbers,
             )
         except Exception as err:
             failures.append(f"verifying candidate {cand.label!r} raised "
@@ -474,7 +477,7 @@ def _build(
 def _autotune(
     fn: Callable[..., Any],
     example_args: tuple[Any, ...],
-    static_argnums: tuple[int, ...],
+    traced: Traced,
     candidates: list[Candidate],
     ref_key: str,
     program_key: str,
@@ -503,8 +506,9 @@ def _autotune(
         entries = [(w[0], key, w[1]) for w, key in ready]
         store_cm = _open_cache(cache_dir) if cache_dir is not False else contextlib.nullcontext()
         with store_cm as store:
-            measured = _tune.measure(fn, entries, example_args, static_argnums,
-                                     program_key=program_key, store=store)  # fmt: skip
+            measured = _tune.measure(fn, entries, example_args, traced.static_argnums,
+                                     program_key=program_key, store=store,
+                                     hold_numbers=traced.hold_numbers)  # fmt: skip
         phases["measure"] = time.perf_counter() - start
     best = _tune.fastest(measured)
     if best is not None:
@@ -577,7 +581,7 @@ def _pytree_call(
 
     def call(*args: Any) -> Any:
         leaves = traced.flatten_args(args)
-        return jax.tree_util.tree_unflatten(traced.out_tree, list(jitted(*leaves)))
+        return traced.unflatten_outputs(jitted(*leaves))
 
     call.__name__ = call.__qualname__ = f"{name}[{label}]"
     return call

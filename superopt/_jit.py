@@ -14,7 +14,7 @@ import numpy as np
 
 from ._api import _NOT_CALLABLE_MSG, Optimized, _function_name, optimize
 from ._errors import SignatureError, TraceError
-from ._leaves import StaticLeaves, is_array_leaf, split_leaves
+from ._leaves import StaticLeaves, is_array_leaf, is_python_number, split_leaves
 from ._trace import ArgSpec, jit_declared_statics
 
 _UNHASHABLE_STATIC_MSG = (
@@ -38,7 +38,10 @@ class Jitted:
     Equinox model's activation function: held static, as under `eqx.filter_jit`, by value
     where hashable, else by identity), the names of the keyword arguments, and the values
     of the static arguments. Each new signature runs `superopt.optimize` on the first
-    arguments that have it; later calls reuse the result.
+    arguments that have it; later calls reuse the result. Where the function branches on
+    a Python number among its arguments (an Equinox `Dropout`'s `inference` flag), so
+    that `superopt.optimize` held the numbers static, their values are part of the
+    signature too: another value optimizes again.
 
     Keyword arguments are dynamic (pytrees of arrays) unless named in `static_argnames`,
     as in `jax.jit`; the order they come in does not matter, but passing an argument by
@@ -82,6 +85,7 @@ class Jitted:
         self._options = options
         self._optimized: dict[Any, Optimized] = {}
         self._static: dict[_Layout, tuple[int, ...]] = {}
+        self._by_numbers: set[Any] = set()
         try:
             functools.update_wrapper(self, fn, updated=())
         except (AttributeError, TypeError):
@@ -102,7 +106,10 @@ class Jitted:
         static = self._static.get(layout)
         if static is None:
             static = self._static[layout] = self._static_positions(layout)
-        key, has_tracers = self._signature(flat, layout, static)
+        base, has_tracers = self._signature(flat, layout, static)
+        # A function that branches on a Python number was traced with the numbers held
+        # static (`Traced.hold_numbers`): for it, their values are part of the signature.
+        key = (base, _numbers(flat, static)) if base in self._by_numbers else base
         opt = self._optimized.get(key)
         if opt is None:
             target = _with_keywords(self._fn, layout) if names else self._fn
@@ -115,6 +122,9 @@ class Jitted:
                     opt = optimize(target, *examples, static_argnums=static, **self._options)
             else:
                 opt = optimize(target, *examples, static_argnums=static, **self._options)
+            if opt._traced.hold_numbers and key is base:
+                self._by_numbers.add(base)
+                key = (base, _numbers(flat, static))
             self._optimized[key] = opt
         return opt(*flat)
 
@@ -151,6 +161,12 @@ class Jitted:
 
     def __repr__(self) -> str:
         return f"<superopt.jit {_function_name(self._fn)}: {len(self._optimized)} signature(s)>"
+
+
+def _numbers(flat: tuple[Any, ...], static: tuple[int, ...]) -> StaticLeaves:
+    """The Python numbers among the leaves of the dynamic arguments, by position."""
+    leaves = jax.tree_util.tree_leaves([a for i, a in enumerate(flat) if i not in static])
+    return StaticLeaves([(k, leaf) for k, leaf in enumerate(leaves) if is_python_number(leaf)])
 
 
 def _static_arguments(

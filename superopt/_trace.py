@@ -11,6 +11,7 @@ IR node; anything else becomes an opaque node carrying its equation verbatim.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import reprlib
@@ -25,12 +26,14 @@ import numpy as np
 
 from ._errors import ShapeError, TraceError
 from ._leaves import (
-    PYTHON_NUMBERS,
     StaticLeaf,
     is_array_leaf,
+    is_python_number,
     merge_leaves,
+    merge_outputs,
     same_static,
     split_leaves,
+    split_outputs,
 )
 from .ir import Node, OpaqueEqn, Params, Program, op_for_primitive
 
@@ -73,14 +76,26 @@ _NOT_ARRAY_MSG = (
 )
 _PYTHON_NUMBER_MSG = (
     "Python numbers are traced, as weakly typed arrays ({paths}), where eqx.filter_jit holds "
-    "them static: if the function branches on one (an Equinox module's `inference` flag, "
-    "say), pass its argument by static_argnums or bind it in a closure."
+    "them static; superopt traced again with them held static, which failed too: if the "
+    "function branches on one (an Equinox module's `inference` flag, say), pass its "
+    "argument by static_argnums or bind it in a closure."
+)
+_HELD_NUMBERS_NOTE = (
+    "Tracing the Python numbers among the arguments as arrays failed ({error}), so they are "
+    "held static, as eqx.filter_jit holds them ({paths}): another value of one is another "
+    "program (optimize again, or use @superopt.jit)"
 )
 _STATIC_LEAF_MSG = (
     "argument {path} is {got}, but the function was optimized for {want}. A leaf that is "
     "not an array or a number (a function, a string, ...) is held static: it is part of the "
     "optimized program, as under eqx.filter_jit. Call superopt.optimize again with the new "
     "value, or use @superopt.jit, which optimizes once per static value."
+)
+_STATIC_NUMBER_MSG = (
+    "argument {path} is {got}, but the function was optimized for {want}. The function "
+    "branches on the Python numbers among its arguments, so superopt held them static, as "
+    "eqx.filter_jit does: each value is another program. Call superopt.optimize again with "
+    "the new value, or use @superopt.jit, which optimizes once per value."
 )
 
 
@@ -124,6 +139,12 @@ class Traced:
     - `static_leaves`: the leaves of the dynamic arguments that are held static (not
       arrays or numbers, see `superopt._leaves`), in the order of their positions among
       the leaves; the program's inputs are the other leaves.
+    - `static_outputs`: the leaves of the result that are not arrays, `(position among
+      the leaves, value)`, as the trace returned them; the program's outputs are the
+      other leaves.
+    - `hold_numbers`: whether the Python numbers among the dynamic arguments are held
+      static too (then they are in `static_leaves`): tracing them as arrays failed.
+    - `note`: why, for the report; `""` when they are traced.
     """
 
     program: Program
@@ -133,6 +154,15 @@ class Traced:
     static_argnums: tuple[int, ...]
     static_args: dict[int, Any]
     static_leaves: tuple[StaticLeaf, ...] = ()
+    static_outputs: tuple[tuple[int, Any], ...] = ()
+    hold_numbers: bool = False
+    note: str = ""
+
+    def unflatten_outputs(self, arrays: Sequence[Any]) -> Any:
+        """The result of a call, from the program's outputs and the static outputs."""
+        if not self.static_outputs:
+            return jax.tree_util.tree_unflatten(self.out_tree, list(arrays))
+        return merge_outputs(self.out_tree, arrays, self.static_outputs)
 
     @functools.cached_property
     def _array_positions(self) -> list[int]:
@@ -162,11 +192,10 @@ class Traced:
                 got = leaves[static.index]
                 # Identity first: the common call passes the very same model.
                 if got is not static.value and not same_static(got, static.value):
-                    raise SignatureError(
-                        _STATIC_LEAF_MSG.format(
-                            path=static.path, got=_short(got), want=_short(static.value)
-                        )
-                    )
+                    number = self.hold_numbers and is_python_number(static.value)
+                    msg = _STATIC_NUMBER_MSG if number else _STATIC_LEAF_MSG
+                    want = _short(static.value)
+                    raise SignatureError(msg.format(path=static.path, got=_short(got), want=want))
             leaves = [leaves[k] for k in self._array_positions]
         for k, (leaf, spec) in enumerate(zip(leaves, self.arg_specs)):
             # The common call: a concrete array of the traced type. Its shape, dtype and weak
@@ -384,26 +413,55 @@ def trace(
     - `fn`: a JAX-traceable function, plain or wrapped in `jax.jit`.
     - `*args`: example arguments: arrays, numbers or pytrees of them. Leaves that are
       neither (an Equinox model's activation function, a string) are held static, as
-      `eqx.filter_jit` holds them: closed over, not inputs of the program.
+      `eqx.filter_jit` holds them: closed over, not inputs of the program. Python
+      numbers are traced as weakly typed arrays; where that fails because the function
+      branches on one (a `ConcretizationTypeError`), they are held static too
+      (`Traced.hold_numbers`, and `Traced.note` says why).
     - `static_argnums`: positions of arguments that are Python values, not arrays. A
       `jax.jit` function's own static arguments are added to them.
 
-    **Returns:** a `Traced` holding the program and the pytree structures.
+    **Returns:** a `Traced` holding the program and the pytree structures. The leaves of
+    the result that are not arrays are held static (`Traced.static_outputs`).
     """
     if not callable(fn):
         raise TraceError(f"superopt needs a callable to optimize, got {type(fn).__name__} {fn!r}")
     static_argnums = static_positions(static_argnums, len(args), fn)
-    static_args, in_tree, arrays, static_leaves = split_arguments(args, static_argnums)
+    try:
+        return _trace(fn, args, static_argnums, hold_numbers=False)
+    except TraceError as err:
+        failure = err
+    # A function that branches on a Python number (a `Dropout`'s `inference` flag) cannot
+    # trace it as an array: hold the numbers static, as eqx.filter_jit does, and try again.
+    first = failure.__cause__
+    concrete = isinstance(first, jax.errors.ConcretizationTypeError)
+    paths = _number_paths(args, static_argnums) if concrete else []
+    if not paths:
+        raise failure
+    try:
+        traced = _trace(fn, args, static_argnums, hold_numbers=True)
+    except TraceError:
+        raise failure from first
+    error = str(first).strip().splitlines()[0] if str(first).strip() else type(first).__name__
+    note = _HELD_NUMBERS_NOTE.format(error=f"{type(first).__name__}: {error}",
+                                     paths=", ".join(paths[:3]))  # fmt: skip
+    return dataclasses.replace(traced, note=note)
+
+
+def _trace(
+    fn: Callable[..., Any], args: Sequence[Any], static_argnums: tuple[int, ...], hold_numbers: bool
+) -> Traced:
+    static_args, in_tree, arrays, static_leaves = split_arguments(
+        args, static_argnums, hold_numbers
+    )
     statics = [(s.index, s.value) for s in static_leaves]
-    out_tree_box: list[Any] = []
+    out_box: list[Any] = []
 
     def flat_fn(*flat: Any) -> list[Any]:
         dyn = iter(jax.tree_util.tree_unflatten(in_tree, merge_leaves(flat, statics)))
         full = [static_args[i] if i in static_args else next(dyn) for i in range(len(args))]
-        out = fn(*full)
-        out_leaves, out_tree = jax.tree_util.tree_flatten(out)
-        out_tree_box.append(out_tree)
-        return out_leaves
+        out_arrays, out_tree, out_statics = split_outputs(fn(*full))
+        out_box.append((out_tree, out_statics))
+        return out_arrays
 
     try:
         closed = jax.make_jaxpr(flat_fn)(*arrays)
@@ -420,22 +478,24 @@ def trace(
         inputs.append(Node("input", (), Params(index=i), shape, dtype))
     outputs = builder.convert(closed.jaxpr, closed.consts, inputs)
     program = Program(tuple(inputs), tuple(outputs), builder.consts)
+    out_tree, out_statics = out_box[-1]
     return Traced(
-        program, in_tree, out_tree_box[-1], tuple(specs), static_argnums, static_args,
-        static_leaves,
+        program, in_tree, out_tree, tuple(specs), static_argnums, static_args, static_leaves,
+        out_statics, hold_numbers,
     )  # fmt: skip
 
 
 def split_arguments(
-    args: Sequence[Any], static_argnums: tuple[int, ...]
+    args: Sequence[Any], static_argnums: tuple[int, ...], hold_numbers: bool = False
 ) -> tuple[dict[int, Any], Any, list[Any], tuple[StaticLeaf, ...]]:
     """`args` taken apart as `trace` and `Traced` see them: the static arguments by
     position, the pytree structure of the others, their array leaves (the program's
-    inputs) and their static leaves (`superopt._leaves`)."""
+    inputs) and their static leaves (`superopt._leaves`; Python numbers among them with
+    `hold_numbers`)."""
     static_args = {i: args[i] for i in static_argnums if i < len(args)}
     dynamic = [a for i, a in enumerate(args) if i not in static_args]
     leaves, in_tree = jax.tree_util.tree_flatten(dynamic)
-    arrays, statics = split_leaves(leaves)
+    arrays, statics = split_leaves(leaves, hold_numbers)
     static_leaves: tuple[StaticLeaf, ...] = ()
     if statics:
         paths = _leaf_paths(dynamic, [i for i in range(len(args)) if i not in static_args])
@@ -467,11 +527,16 @@ def _with_hints(
         more = f" and {len(static_leaves) - 3} more" if len(static_leaves) > 3 else ""
         hints.append(_NOT_ARRAY_MSG.format(leaves=", ".join(named) + more))
     if isinstance(err, jax.errors.ConcretizationTypeError):
-        dynamic = [a for i, a in enumerate(args) if i not in static_argnums]
-        positions = [i for i in range(len(args)) if i not in static_argnums]
-        leaves = jax.tree_util.tree_leaves(dynamic)
-        paths = _leaf_paths(dynamic, positions)
-        numbers = [p for p, leaf in zip(paths, leaves) if isinstance(leaf, PYTHON_NUMBERS)]
+        numbers = _number_paths(args, static_argnums)
         if numbers:
             hints.append(_PYTHON_NUMBER_MSG.format(paths=", ".join(numbers[:3])))
     return " ".join([msg, *hints])
+
+
+def _number_paths(args: Sequence[Any], static_argnums: tuple[int, ...]) -> list[str]:
+    """The paths of the Python numbers among the leaves of the dynamic arguments."""
+    dynamic = [a for i, a in enumerate(args) if i not in static_argnums]
+    positions = [i for i in range(len(args)) if i not in static_argnums]
+    leaves = jax.tree_util.tree_leaves(dynamic)
+    paths = _leaf_paths(dynamic, positions)
+    return [p for p, leaf in zip(paths, leaves) if is_python_number(leaf)]

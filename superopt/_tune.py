@@ -334,6 +334,7 @@ def measure(
     program_key: str,
     store: Any = None,
     budget_s: float | None = None,
+    hold_numbers: bool = False,
 ) -> list[Measured]:
     """Time candidates against `jax.jit(reference)`, reusing and storing timings.
 
@@ -348,6 +349,7 @@ def measure(
       callable takes the original's arguments.
     - `args`: the example arguments (static ones included).
     - `static_argnums`: positions of the static arguments.
+    - `hold_numbers`: whether the Python numbers among the others are held static.
     - `program_key`: the reference program's stable key (what timings are stored under).
     - `store`: an open `TuningCache`, or `None` to neither reuse nor store.
     - `budget_s`: seconds of timed rounds (default: a little per candidate).
@@ -369,10 +371,10 @@ def measure(
     if fresh:
         # The timer jits what it is given, so static arguments and the leaves that are not
         # arrays (an Equinox model's functions) are closed over, not passed.
-        timed_reference, arrays = close_over_static(reference, args, static_argnums)
+        timed_reference, arrays = close_over_static(reference, args, static_argnums, hold_numbers)
         fns = {"jax.jit": timed_reference}
         for _, key, call in fresh:
-            fns[key] = close_over_static(call, args, static_argnums)[0]
+            fns[key] = close_over_static(call, args, static_argnums, hold_numbers)[0]
         timings = _measure.time_callables(
             fns,
             tuple(arrays),

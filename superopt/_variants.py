@@ -6,8 +6,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jax
-
 from ._codegen import render, to_callable
 from ._search import Candidate, search
 from ._trace import Traced, trace
@@ -38,7 +36,7 @@ def _wrap(traced: Traced, program: Program) -> Callable[..., Any]:
     flat = to_callable(program)
 
     def fn(*args: Any) -> Any:
-        return jax.tree_util.tree_unflatten(traced.out_tree, list(flat(*traced.flatten_args(args))))
+        return traced.unflatten_outputs(flat(*traced.flatten_args(args)))
 
     return fn
 

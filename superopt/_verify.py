@@ -18,7 +18,8 @@ import jax
 import numpy as np
 
 from ._errors import VerificationError
-from ._leaves import filter_jit, has_static_leaves, is_array_leaf
+from ._leaves import filter_jit, has_static_leaves, is_array_leaf, same_static
+from ._trace import _short
 
 # Default (rtol, floor) per float precision, keyed by the dtype's machine epsilon. The error
 # of one element is |a - b| / (|b| + atol) and must not exceed rtol; atol defaults to
@@ -176,6 +177,20 @@ def _compare_leaf(
     )
 
 
+def _compare_static(ref: Any, cand: Any) -> _LeafResult:
+    """A static output (a function, a string: not an array or a number) must be the same
+    object, or equal (`same_static`)."""
+    if same_static(ref, cand):
+        return _LeafResult(True, 0.0, None, "")
+    return _LeafResult(
+        False,
+        math.inf,
+        None,
+        f"is {_short(cand)} in the candidate but {_short(ref)} in the reference (a static "
+        "output, not an array, must be the same object or equal)",
+    )
+
+
 def _fmt(value: Any) -> str:
     if np.iscomplexobj(value):
         return str(value)
@@ -222,7 +237,10 @@ def verify_outputs(
     failure: tuple[float, str, str] | None = None
     for (path, ref_leaf), (_, cand_leaf) in zip(ref_leaves, cand_leaves):
         name = "output" + jax.tree_util.keystr(path)
-        result = _compare_leaf(_to_numpy(ref_leaf), _to_numpy(cand_leaf), rtol, atol)
+        if is_array_leaf(ref_leaf) and is_array_leaf(cand_leaf):
+            result = _compare_leaf(_to_numpy(ref_leaf), _to_numpy(cand_leaf), rtol, atol)
+        else:
+            result = _compare_static(ref_leaf, cand_leaf)
         where = name if result.index is None else f"{name}, index {result.index}"
         entry = (result.error, where, f"{name} {result.detail}" if result.detail else "")
         if worst is None or entry[0] > worst[0]:
@@ -237,7 +255,9 @@ def verify_outputs(
     return Check(inputs, True, worst[0], worst[1], "")
 
 
-def random_like(leaves: Sequence[Any], rng: np.random.Generator) -> list[Any]:
+def random_like(
+    leaves: Sequence[Any], rng: np.random.Generator, hold_numbers: bool = False
+) -> list[Any]:
     """Fresh random values with the shapes and dtypes of `leaves`.
 
     Floats are `normal * 10**U(-2, 2)` element by element (non-negative where every user
@@ -251,6 +271,7 @@ def random_like(leaves: Sequence[Any], rng: np.random.Generator) -> list[Any]:
 
     - `leaves`: the user's flattened argument leaves.
     - `rng`: the numpy generator to draw from.
+    - `hold_numbers`: reuse Python numbers too (they are held static).
 
     **Returns:**
 
@@ -258,7 +279,7 @@ def random_like(leaves: Sequence[Any], rng: np.random.Generator) -> list[Any]:
     """
     out: list[Any] = []
     for leaf in leaves:
-        if not is_array_leaf(leaf):  # held static (a function, a string): never drawn
+        if not is_array_leaf(leaf, hold_numbers):  # held static (a function, ...): kept
             out.append(leaf)
             continue
         if isinstance(leaf, bool | int | float | complex) and not isinstance(leaf, np.generic):
@@ -321,6 +342,7 @@ def verify(
     atol: float | None = None,
     static_argnums: int | Sequence[int] = (),
     time_budget_s: float | None = None,
+    hold_numbers: bool = False,
 ) -> Verdict:
     """Check that `candidate` computes what `reference` computes.
 
@@ -350,6 +372,9 @@ def verify(
     - `time_budget_s`: for programs slow to run: once this many seconds have gone into
         checks, the remaining random input sets are skipped, but the user's inputs and
         at least one random set are always checked. `None` checks every set.
+    - `hold_numbers`: hold the Python numbers among the arguments static (as
+        `eqx.filter_jit` does) rather than trace them: for a function that branches on
+        one. They are not drawn at random either.
 
     **Returns:**
 
@@ -362,13 +387,13 @@ def verify(
     if isinstance(static_argnums, int):
         static_argnums = (static_argnums,)
     static_argnums = tuple(static_argnums)
-    ref_fn = jit_static(reference, args, static_argnums)
-    cand_fn = jit_static(candidate, args, static_argnums)
+    ref_fn = jit_static(reference, args, static_argnums, hold_numbers)
+    cand_fn = jit_static(candidate, args, static_argnums, hold_numbers)
     leaves, tree = _split(args, static_argnums)
     input_sets: list[tuple[str, tuple[Any, ...]]] = [("user inputs", tuple(args))]
     for k in range(num_random):
         rng = np.random.default_rng([seed, k])
-        drawn = random_like(leaves, rng)
+        drawn = random_like(leaves, rng, hold_numbers)
         input_sets.append((f"random inputs #{k + 1}", _rebuild(args, static_argnums, drawn, tree)))
 
     checks: list[Check] = []
@@ -436,18 +461,25 @@ def _check_one(
 
 
 def jit_static(
-    fn: Callable[..., Any], args: Sequence[Any], static_argnums: tuple[int, ...]
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    static_argnums: tuple[int, ...],
+    hold_numbers: bool = False,
+    static_outputs: bool = True,
 ) -> Callable[..., Any]:
     """`jax.jit(fn, static_argnums=...)` for calls like `fn(*args)`, or `fn` itself when a
     static argument cannot be hashed. Where a leaf of the other arguments is not an array
     (an Equinox model's activation function), JAX refuses it, so the leaves that are not
-    arrays are held static too, as `eqx.filter_jit` holds them (`superopt._leaves`)."""
+    arrays are held static too, as `eqx.filter_jit` holds them (`superopt._leaves`), and
+    so are Python numbers with `hold_numbers`. So are the leaves of the result that are not
+    arrays, unless `static_outputs` is false: a promise that there are none, which keeps
+    the plain `jax.jit`, a little cheaper to call."""
     try:
         for i in static_argnums:
             if i < len(args):
                 hash(args[i])
     except TypeError:
         return fn
-    if has_static_leaves(args, static_argnums):
-        return filter_jit(fn, static_argnums)
+    if static_outputs or has_static_leaves(args, static_argnums, hold_numbers):
+        return filter_jit(fn, static_argnums, hold_numbers)
     return jax.jit(fn, static_argnums=static_argnums)

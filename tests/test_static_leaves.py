@@ -35,7 +35,10 @@ def _mlp(seed=0, sizes=(64, 10, 128, 2)):
 
 def _close(got, want):
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        if eqx.is_array(b):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        else:  # a static leaf (an activation function): the very same object
+            assert a is b or a == b, (a, b)
 
 
 @pytest.mark.parametrize("wrap", [lambda f: f, eqx.filter_jit], ids=["plain", "filter_jit"])
@@ -185,12 +188,130 @@ def test_the_tuning_cache_keys_on_the_program_the_static_leaves_make(tmp_path):
     _close(same(relu_again, x), fwd(relu_again, x))
 
 
-def test_a_python_number_the_function_branches_on_gets_a_hint():
+def test_a_python_number_the_function_branches_on_is_held_static():
     def fn(p, x):
         return x if p["inference"] else -x
 
-    with pytest.raises(superopt.TraceError, match=r"Python numbers.*\[0\]\['inference'\]"):
-        superopt.optimize(fn, {"inference": True}, jnp.ones(3))
+    x = jnp.arange(3.0)
+    traced = superopt.trace(fn, {"inference": True}, x)
+    assert traced.hold_numbers and "[0]['inference']" in traced.note
+    opt = superopt.optimize(fn, {"inference": True}, x, cache=False)
+    assert "held static" in opt.report.reason and "[0]['inference']" in opt.report.reason
+    np.testing.assert_allclose(opt({"inference": True}, x), x)
+    np.testing.assert_allclose(opt({"inference": 1}, x), x)  # 1 == True, as under jax.jit
+    with pytest.raises(superopt.SignatureError, match=r"argument \[0\]\['inference'\] is bool"):
+        opt({"inference": False}, x)
+
+
+def test_branching_on_an_array_still_fails_with_the_hint():
+    # Holding the Python numbers static cannot help: the branch is on an array's value.
+    def fn(x, scale):
+        return x * scale if x.sum() > 0 else -x
+
+    with pytest.raises(superopt.TraceError, match=r"Python numbers.*\[1\].*static_argnums"):
+        superopt.optimize(fn, jnp.ones(3), 2.0)
+    # A function that branches on nothing keeps tracing its numbers: one program for all.
+    opt = superopt.optimize(lambda x, s: x * s, jnp.ones(3), 2.0, cache=False)
+    assert not opt.report.reason.count("held static")
+    np.testing.assert_allclose(opt(jnp.ones(3), 3.0), 3.0)
+
+
+def _mha():
+    mha = eqx.nn.MultiheadAttention(4, 64, dropout_p=0.1, key=jax.random.PRNGKey(0))
+    return eqx.nn.inference_mode(mha)
+
+
+def test_multihead_attention_with_dropout_branches_on_its_inference_flag():
+    mha, x = _mha(), _normal(0, 8, 64)
+    assert mha.dropout.inference is True
+    fn = lambda m, x: m(x, x, x)  # noqa: E731
+    opt = superopt.optimize(fn, mha, x, cache=False)
+    assert opt.report.verified
+    _close(opt(mha, x), fn(mha, x))
+    _close(opt(_mha(), 2 * x), fn(mha, 2 * x))
+    training = eqx.tree_at(lambda m: m.dropout.inference, mha, False)
+    with pytest.raises(superopt.SignatureError, match=r"\[0\]\.dropout\.inference"):
+        opt(training, x)
+    other_p = eqx.tree_at(lambda m: m.dropout.p, mha, 0.5)
+    with pytest.raises(superopt.SignatureError, match=r"\[0\]\.dropout\.p is float 0.5"):
+        opt(other_p, x)
+
+
+def test_superopt_jit_optimizes_again_for_another_value_of_a_flag():
+    def fn(p, x):
+        return x * p["scale"] if p["inference"] else -x
+
+    jitted = superopt.jit(fn, cache=False)
+    x = jnp.arange(3.0)
+    np.testing.assert_allclose(jitted({"inference": True, "scale": 2.0}, x), 2 * x)
+    np.testing.assert_allclose(jitted({"inference": False, "scale": 2.0}, x), -x)
+    np.testing.assert_allclose(jitted({"inference": True, "scale": 3.0}, x), 3 * x)
+    np.testing.assert_allclose(jitted({"inference": True, "scale": 2.0}, 2 * x), 4 * x)
+    assert len(jitted.optimized) == 3
+
+
+def test_an_equinox_training_step_returns_the_updated_model():
+    optax = pytest.importorskip("optax")
+    mlp, x = _mlp(sizes=(16, 16, 32, 2)), _normal(0, 8, 16)
+    opt = optax.adam(1e-3)
+    state = opt.init(eqx.filter(mlp, eqx.is_array))
+
+    def step(model, state, x):
+        def loss(m):
+            return jnp.mean(jax.vmap(m)(x) ** 2)
+
+        value, grads = eqx.filter_value_and_grad(loss)(model)
+        updates, state = opt.update(grads, state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), state, value
+
+    fast = superopt.optimize(step, mlp, state, x, cost_model="flops", cache=False)
+    assert fast.report.verified
+    traced = fast._traced
+    assert {id(v) for _, v in traced.static_outputs} >= {id(mlp.activation)}
+    got, want = fast(mlp, state, x), step(mlp, state, x)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    _close(got, want)
+    assert got[0].activation is mlp.activation and got[0].final_activation is mlp.final_activation
+    model, opt_state = mlp, state
+    ref_model, ref_state = mlp, state
+    for _ in range(2):
+        model, opt_state, value = fast(model, opt_state, x)
+        ref_model, ref_state, ref_value = step(ref_model, ref_state, x)
+        _close((model, opt_state, value), (ref_model, ref_state, ref_value))
+
+
+def test_outputs_that_are_not_arrays_come_back_as_they_were():
+    x = jnp.arange(4.0)
+    opt = superopt.optimize(lambda x: (x * 2, "tag", None, 0.5), x, cache=False)
+    got = opt(x)
+    np.testing.assert_allclose(got[0], 2 * x)
+    # A string and a Python number come back as they are, as under eqx.filter_jit.
+    assert got[1:] == ("tag", None, 0.5) and type(got[3]) is float
+    # The program computes the array alone; the others are held by the trace.
+    assert len(opt._traced.program.outputs) == 1
+    assert opt._traced.static_outputs == ((1, "tag"), (2, 0.5))  # None is no leaf
+
+    # The original-function path and a rewritten program alike.
+    def chain(a, b, v):
+        return {"y": (a @ b) @ v, "act": jnp.tanh}
+
+    a, b, v = _normal(0, 32, 32), _normal(1, 32, 32), _normal(2, 32, 2)
+    rewritten = superopt.optimize(chain, a, b, v, cost_model="flops", cache=False)
+    assert rewritten.report.status == "optimized", rewritten.report.reason
+    out = rewritten(a, b, v)
+    assert out["act"] is jnp.tanh
+    _close(out["y"], chain(a, b, v)["y"])
+    _close(
+        jax.grad(lambda v: rewritten(a, b, v)["y"].sum())(v),
+        jax.grad(lambda v: chain(a, b, v)["y"].sum())(v),
+    )
+
+
+def test_a_differing_static_output_fails_verification():
+    x = jnp.ones(3)
+    verdict = superopt.verify(lambda x: (x, "a"), lambda x: (x, "b"), x)
+    assert not verdict.ok and "output[1] is str 'b' in the candidate but str 'a'" in verdict.message
+    assert superopt.verify(lambda x: (x, jnp.tanh), lambda x: (x + 0, jnp.tanh), x).ok
 
 
 class _RaisingEq:
