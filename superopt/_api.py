@@ -87,6 +87,15 @@ class Optimized:
         self._reference = reference
         self._traced = traced
         self._program = program
+        if program is None:
+            # The original function, behind the same signature check as a program.
+            original = call
+
+            def call(*args: Any) -> Any:
+                traced.flatten_args(args)
+                return original(*args)
+
+            call = traced.jit_checked(call)
         self._call = call
         self._report = report
         self._source = source
@@ -114,9 +123,6 @@ class Optimized:
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         if kwargs:
             args = self._bind(args, kwargs)
-        if self._program is None:
-            # The original function: check the signature here, as the program path does.
-            self._traced.flatten_args(args)
         return self._call(*args)
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -584,7 +590,7 @@ def _pytree_call(
         return traced.unflatten_outputs(jitted(*leaves))
 
     call.__name__ = call.__qualname__ = f"{name}[{label}]"
-    return call
+    return traced.jit_checked(call)
 
 
 def _jax_can_trace(fn: Callable[..., Any], args: tuple[Any, ...], static: tuple[int, ...]) -> bool:

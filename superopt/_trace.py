@@ -164,6 +164,26 @@ class Traced:
             return jax.tree_util.tree_unflatten(self.out_tree, list(arrays))
         return merge_outputs(self.out_tree, arrays, self.static_outputs)
 
+    def jit_checked(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """`call`, a function of the original arguments that checks them (`flatten_args`),
+        under `jax.jit` where `jax.jit` takes such arguments: then the check runs only when
+        a call's signature is new to `jax.jit` (it traces again, and the check raises
+        `SignatureError`), not on every call. Static leaves or outputs, or a static
+        argument that does not hash, keep `call` as it is."""
+        if self.static_leaves or self.static_outputs:
+            return call
+        try:
+            for value in self.static_args.values():
+                hash(value)
+        except TypeError:
+            return call
+        checked = jax.jit(call, static_argnums=self.static_argnums)
+        try:
+            functools.update_wrapper(checked, call, updated=())
+        except (AttributeError, TypeError):
+            pass
+        return checked
+
     @functools.cached_property
     def _array_positions(self) -> list[int]:
         static = {s.index for s in self.static_leaves}
