@@ -26,6 +26,7 @@ else by identity; the key holds the leaf, so its `id` is not reused while the ke
 from __future__ import annotations
 
 import functools
+import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +37,8 @@ import numpy as np
 # `eqx.is_array` (jax.Array, np.ndarray, np.generic), plus what superopt also traces: Python
 # numbers, as weakly typed arrays, and `jax.ShapeDtypeStruct`s, which trace abstractly
 # (huge shapes without allocating them). Tracers are `jax.Array`s.
-_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, bool, int, float, complex)
 PYTHON_NUMBERS = (bool, int, float, complex)
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, *PYTHON_NUMBERS)
 
 
 def is_python_number(leaf: Any) -> bool:
@@ -56,6 +57,17 @@ def is_array_leaf(leaf: Any, hold_numbers: bool = False) -> bool:
 def is_array_output(leaf: Any) -> bool:
     """Whether an output leaf is an array (`eqx.is_array`); any other is static."""
     return isinstance(leaf, jax.Array | np.ndarray | np.generic)
+
+
+def describe(value: Any) -> str:
+    """A few words for a static value: a function by its name, anything else by its
+    `repr`, cut short (a static leaf can be a large object)."""
+    name = getattr(value, "__qualname__", None)
+    if callable(value) and isinstance(name, str):
+        module = getattr(value, "__module__", None)
+        name = f"{module}.{name}" if module else name
+        return f"{type(value).__name__} {name}"
+    return f"{type(value).__name__} {reprlib.repr(value)}"
 
 
 def same_static(a: Any, b: Any) -> bool:

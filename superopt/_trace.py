@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from ._errors import ShapeError, TraceError
 from ._leaves import (
     StaticLeaf,
+    describe,
     is_array_leaf,
     is_python_number,
     merge_leaves,
@@ -199,7 +199,7 @@ class Traced:
             if i >= len(args) or not same_static(args[i], value):
                 raise SignatureError(
                     f"static argument {i} differs from the one optimized for "
-                    f"({_short(value)}); optimize again for a new static value"
+                    f"({describe(value)}); optimize again for a new static value"
                 )
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
         if tree != self.in_tree:
@@ -214,8 +214,8 @@ class Traced:
                 if got is not static.value and not same_static(got, static.value):
                     number = self.hold_numbers and is_python_number(static.value)
                     msg = _STATIC_NUMBER_MSG if number else _STATIC_LEAF_MSG
-                    want = _short(static.value)
-                    raise SignatureError(msg.format(path=static.path, got=_short(got), want=want))
+                    want = describe(static.value)
+                    raise SignatureError(msg.format(path=static.path, got=describe(got), want=want))
             leaves = [leaves[k] for k in self._array_positions]
         for k, (leaf, spec) in enumerate(zip(leaves, self.arg_specs)):
             # The common call: a concrete array of the traced type. Its shape, dtype and weak
@@ -231,7 +231,7 @@ class Traced:
                 continue
             if not is_array_leaf(leaf):
                 raise SignatureError(
-                    f"argument leaf {k} is {_short(leaf)}, but the function was optimized "
+                    f"argument leaf {k} is {describe(leaf)}, but the function was optimized "
                     f"for an array {spec!r}; call superopt.optimize again for new arguments"
                 )
             got = ArgSpec.of(leaf)
@@ -248,17 +248,6 @@ class Traced:
                     "dtypes, or use @superopt.jit, which optimizes per signature"
                 )
         return leaves
-
-
-def _short(value: Any) -> str:
-    """A few words for a static value: a function by its name, anything else by its
-    `repr`, cut short (a static leaf can be a large object)."""
-    name = getattr(value, "__qualname__", None)
-    if callable(value) and isinstance(name, str):
-        module = getattr(value, "__module__", None)
-        name = f"{module}.{name}" if module else name
-        return f"{type(value).__name__} {name}"
-    return f"{type(value).__name__} {reprlib.repr(value)}"
 
 
 def _leaf_dtype(leaf: Any) -> np.dtype:

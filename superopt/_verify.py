@@ -18,8 +18,14 @@ import jax
 import numpy as np
 
 from ._errors import VerificationError
-from ._leaves import filter_jit, has_static_leaves, is_array_leaf, same_static
-from ._trace import _short
+from ._leaves import (
+    describe,
+    filter_jit,
+    has_static_leaves,
+    is_array_leaf,
+    is_python_number,
+    same_static,
+)
 
 # Default (rtol, floor) per float precision, keyed by the dtype's machine epsilon. The error
 # of one element is |a - b| / (|b| + atol) and must not exceed rtol; atol defaults to
@@ -186,7 +192,7 @@ def _compare_static(ref: Any, cand: Any) -> _LeafResult:
         False,
         math.inf,
         None,
-        f"is {_short(cand)} in the candidate but {_short(ref)} in the reference (a static "
+        f"is {describe(cand)} in the candidate but {describe(ref)} in the reference (a static "
         "output, not an array, must be the same object or equal)",
     )
 
@@ -282,7 +288,7 @@ def random_like(
         if not is_array_leaf(leaf, hold_numbers):  # held static (a function, ...): kept
             out.append(leaf)
             continue
-        if isinstance(leaf, bool | int | float | complex) and not isinstance(leaf, np.generic):
+        if is_python_number(leaf):
             drawn = _draw(np.asarray(leaf), rng)
             out.append(type(leaf)(drawn.item()))
             continue
