@@ -131,8 +131,14 @@ LIBRARY_CASES: list[tuple[str, Build]] = [
 def test_library_roundtrip(name: str, build: Build) -> None:
     fn, args = build()
     rt = roundtrip(fn, *args)
+    # Batch normalization subtracts each channel's mean, so the gradient of the conv bias
+    # before it is zero up to rounding (around 1e-7 on either side, which rounding decides
+    # differently from one CPU to another): judged against that leaf's own size, noise
+    # would be compared with noise. A magnitude floor of 1e-2 there: differences up to 1e-6
+    # (rtol times the floor) pass on elements that small.
+    atol = 1e-2 if name == "stax_cnn_batchnorm" else None
     # The example arguments first, then one set of random ones; gradients too.
-    sot.check_equivalent(fn, rt, *args, num_random=1, grad=True)
+    sot.check_equivalent(fn, rt, *args, num_random=1, grad=True, atol=atol)
 
 
 def test_library_roundtrip_detects_a_change() -> None:
