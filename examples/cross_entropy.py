@@ -5,7 +5,9 @@
 the label gather. superopt recognizes the pattern and offers `chunked_xent`: the same loss
 computed over the vocabulary a chunk at a time with an online logsumexp (its gradient
 recomputes each chunk, so the backward pass never stores the logits either). Each chunk
-size is a separate e-node, so the cost model picks the tile.
+size is a separate e-node, so the cost model picks the tile. The loss against one-hot
+labels, `optax.softmax_cross_entropy(h @ w, jax.nn.one_hot(labels, vocab))`, is recognized
+too.
 
 Run it with `python examples/cross_entropy.py`; it prints the report, then times
 `jax.jit` of the original against the optimized function and against each chunk size.
@@ -30,6 +32,13 @@ def loss(
     return optax.softmax_cross_entropy_with_integer_labels(h @ w, labels).mean()
 
 
+def loss_one_hot(
+    h: Float[Array, "n d"], w: Float[Array, "d v"], labels: Int[Array, " n"]
+) -> Float[Array, ""]:
+    """The same loss against one-hot labels (0 for a label outside the vocabulary)."""
+    return optax.softmax_cross_entropy(h @ w, jax.nn.one_hot(labels, w.shape[1])).mean()
+
+
 def example_args(tokens: int = 256, width: int = 256, vocab: int = 32768):
     """Hidden states, an output projection and labels."""
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
@@ -51,6 +60,12 @@ def main(budget_s: float = 0.5, tokens: int = 64) -> list[superopt.Optimized]:
     opt = superopt.optimize(loss, *args)
     print(opt.report)
     assert jnp.allclose(opt(*args), loss(*args), rtol=1e-4), "optimized loss differs"
+    # Two candidates timed against jax.jit: the model's best chunk and the next.
+    one_hot = superopt.optimize(loss_one_hot, *args, budget=2)
+    rules = [step.rule for step in one_hot.report.rewrites] or "unchanged"
+    speedup = one_hot.report.speedup
+    print(f"one-hot labels: {rules}", f"{speedup:.2f}x vs jax.jit" if speedup else "")
+    assert jnp.allclose(one_hot(*args), loss(*args), rtol=1e-4), "one-hot loss differs"
 
     fns = {"jax.jit": loss, "superopt": opt}
     for v in superopt.variants(loss, *args, limit=40):
@@ -61,7 +76,7 @@ def main(budget_s: float = 0.5, tokens: int = 64) -> list[superopt.Optimized]:
     base = timings["jax.jit"].median_s
     for name, t in timings.items():
         print(f"{name:>12}: {t.median_s * 1e3:8.2f} ms  ({base / t.median_s:4.2f}x)")
-    return [opt]
+    return [opt, one_hot]
 
 
 if __name__ == "__main__":

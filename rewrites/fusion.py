@@ -20,7 +20,10 @@ Rules, with their side conditions:
   logsumexp in any stable spelling whose shift is constant along the vocabulary axis
   (optax, `jax.nn.logsumexp`), the label logit by gather (`take_along_axis`) ->
   `chunked_xent(h, w, labels[, b])`; needs `L.dtype == h.dtype` and a default-precision
-  dot (the fused op computes at the default precision).
+  dot (the fused op computes at the default precision). Also the one-hot form,
+  `sum(one_hot(labels, V) * log_softmax(L), -1)` (optax's `softmax_cross_entropy` against
+  `jax.nn.one_hot`, negated), in either log-softmax spelling -> `-chunked_xent(...)` where
+  `0 <= labels < V`, and 0 elsewhere (an out-of-range label's one-hot row is all zeros).
 - `flash_attention`: `softmax(scale · q kᵀ [masked]) v` with any layout that is a
   relabelling of `[B, T, H, D]` through transposes and unit-dim reshapes (what
   `jax.nn.dot_product_attention` traces to, and the 2-D or 3-D hand-written forms) ->
@@ -33,7 +36,7 @@ Rules, with their side conditions:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,19 @@ import numpy as np
 
 from superopt.ir import Node, Program, ShapeError, make, toposort
 from superopt.ir._fused import LARGE_NEGATIVE
+
+from ._patterns import (
+    MATMUL,
+    ancestors,
+    constant_along,
+    depends_on_input,
+    log_softmax_of,
+    logsumexp_of,
+    precision_of,
+    scalar_value,
+    softmax_of,
+    strip,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,94 +84,6 @@ class FusionRule:
     find: Callable[[Program], list[Rewrite]]
 
 
-# ---------------------------------------------------------------- small structural helpers
-
-
-def _strip(node: Node, ops: Iterable[str]) -> Node:
-    ops = set(ops)
-    while node.op in ops and len(node.args) == 1:
-        node = node.args[0]
-    return node
-
-
-def _scalar(node: Node) -> float | None:
-    """The value of a scalar literal, possibly broadcast; `None` if not one."""
-    node = _strip(node, ("broadcast_in_dim", "reshape", "convert_element_type"))
-    if node.op == "literal":
-        return float(node.params["value"])
-    if node.shape == () and len(toposort([node])) <= 8 and not _depends_on_input(node):
-        from superopt._codegen import evaluate  # a folded constant such as `sqrt(8.0)`
-
-        return float(np.asarray(evaluate(Program((), (node,), {}))[0]))
-    return None
-
-
-def _depends_on_input(node: Node) -> bool:
-    return any(n.op == "input" for n in toposort([node]))
-
-
-def _ancestors(node: Node) -> set[int]:
-    return {id(n) for n in toposort([node])} - {id(node)}
-
-
-def _constant_along(node: Node, target_shape: tuple[int, ...], axis: int) -> bool:
-    """Whether `node`, broadcast against a tensor of `target_shape`, is constant on `axis`."""
-    if node.shape == ():
-        return True
-    if node.op == "broadcast_in_dim" and axis not in node.params["broadcast_dimensions"]:
-        return True
-    return len(node.shape) == len(target_shape) and node.shape[axis] == 1 != target_shape[axis]
-
-
-def _shift_base(node: Node) -> Node:
-    return _strip(node, ("stop_gradient", "broadcast_in_dim", "reshape"))
-
-
-def _logsumexp_of(node: Node) -> tuple[Node, int] | None:
-    """`(L, axis)` if `node` is a shifted logsumexp of `L` over one axis."""
-    if node.op != "add":
-        return None
-    for log_side, shift in (node.args, node.args[::-1]):
-        inner = _strip(log_side, ())
-        if inner.op != "log":
-            continue
-        # Low-precision sums accumulate in float32 between two converts.
-        total = _strip(inner.args[0], ("abs", "convert_element_type"))
-        if total.op != "reduce_sum" or len(total.params["axes"]) != 1:
-            continue
-        axis = total.params["axes"][0]
-        e = _strip(total.args[0], ("convert_element_type",))
-        if e.op != "exp" or e.args[0].op != "sub":
-            continue
-        logits, sub_shift = e.args[0].args
-        if _shift_base(sub_shift) is not _shift_base(shift):
-            continue
-        if not _constant_along(sub_shift, logits.shape, axis):
-            continue
-        return logits, axis
-    return None
-
-
-def _softmax_of(node: Node) -> tuple[Node, int] | None:
-    """`(S, axis)` if `node` is `exp(S - c) / sum(exp(S - c), axis)` with `c` constant on it."""
-    if node.op != "div":
-        return None
-    num, den = node.args
-    total = _strip(den, ("broadcast_in_dim", "reshape", "convert_element_type"))
-    if total.op != "reduce_sum" or len(total.params["axes"]) != 1:
-        return None
-    if _strip(total.args[0], ("convert_element_type",)) is not num:
-        return None
-    axis = total.params["axes"][0]
-    if not _constant_along(den, num.shape, axis) or num.op != "exp":
-        return None
-    arg = num.args[0]
-    if arg.op == "sub":
-        scores, shift = arg.args
-        return (scores, axis) if _constant_along(shift, scores.shape, axis) else None
-    return arg, axis
-
-
 # ---------------------------------------------------------------- horizontal
 
 
@@ -163,7 +91,7 @@ def _independent_groups(nodes: list[Node]) -> list[list[Node]]:
     """Split `nodes` greedily into groups where no node depends on another."""
     groups: list[tuple[list[Node], set[int]]] = []
     for n in nodes:
-        anc = _ancestors(n)
+        anc = ancestors(n)
         for members, seen in groups:
             if id(n) not in seen and not any(id(m) in anc for m in members):
                 members.append(n)
@@ -211,37 +139,29 @@ def find_batch_dots(program: Program) -> list[Rewrite]:
                 _stack([g.args[1] for g in group]),
                 dimension_numbers=dn,
                 preferred_element_type=group[0].params["preferred_element_type"],
-                precision=_precision(group[0]),
+                precision=precision_of(group[0]),
             )
             out += [Rewrite("batch_dots", g, _unstack(big, i)) for i, g in enumerate(group)]
     return out
-
-
-_MATMUL = (((1,), (0,)), ((), ()))
-
-
-def _precision(dot: Node) -> tuple[str, str] | None:
-    # A dot whose params name no precision (built with `Node(...)`, not `make`) is default.
-    return dot.params.get("precision")
 
 
 def find_concat_shared_lhs(program: Program) -> list[Rewrite]:
     """`x @ w1, x @ w2, ...` -> `x @ concat(w1, w2, ...)` and column slices."""
     buckets: dict[tuple[int, str, Any, Any], list[Node]] = {}
     for n in program.nodes():
-        if n.op == "dot_general" and n.params["dimension_numbers"] == _MATMUL:
+        if n.op == "dot_general" and n.params["dimension_numbers"] == MATMUL:
             a, b = n.args
             if a.ndim == 2 and b.ndim == 2:
                 pref = n.params["preferred_element_type"]
-                buckets.setdefault((id(a), str(pref), b.dtype, _precision(n)), []).append(n)
+                buckets.setdefault((id(a), str(pref), b.dtype, precision_of(n)), []).append(n)
     out: list[Rewrite] = []
     for dots in buckets.values():
         for group in _independent_groups(dots):
             x = group[0].args[0]
             pref = group[0].params["preferred_element_type"]
             w = make("concatenate", *[g.args[1] for g in group], dimension=1)
-            big = make("dot_general", x, w, dimension_numbers=_MATMUL,
-                       preferred_element_type=pref, precision=_precision(group[0]))  # fmt: skip
+            big = make("dot_general", x, w, dimension_numbers=MATMUL,
+                       preferred_element_type=pref, precision=precision_of(group[0]))  # fmt: skip
             col = 0
             for g in group:
                 width = g.args[1].shape[1]
@@ -265,7 +185,7 @@ def _labels_of(node: Node, logits: Node) -> Node | None:
     n = logits.shape[0]
     if node.op == "gather" and node.shape == (n,) and node.args[0].shape == (n, 1):
         # optax's trailing `[:, 0]`: a gather of column 0 of a [N, 1] result.
-        if _depends_on_input(node.args[1]) or node.args[1].size != 1:
+        if depends_on_input(node.args[1]) or node.args[1].size != 1:
             return None
         from superopt._codegen import evaluate  # a scalar index: evaluate it to be sure
 
@@ -273,7 +193,7 @@ def _labels_of(node: Node, logits: Node) -> Node | None:
         if int(np.asarray(col).reshape(())) != 0:
             return None
         node = node.args[0]
-    node = _strip(node, ("squeeze", "reshape"))
+    node = strip(node, ("squeeze", "reshape"))
     if node.op != "gather" or node.args[0] is not logits:
         return None
     dn = node.params["spec"].dimension_numbers
@@ -284,16 +204,16 @@ def _labels_of(node: Node, logits: Node) -> Node | None:
         or tuple(dn.offset_dims) != ()
     ):
         return None
-    idx = _strip(node.args[1], ("reshape",))
+    idx = strip(node.args[1], ("reshape",))
     if idx.op == "select_n":
         # Python-style wrap of negative labels; chunked_xent wraps them the same way.
         pred, keep, wrapped = idx.args
         if pred.op != "lt" or wrapped.op != "add" or keep not in wrapped.args:
             return None
-        if logits.shape[1] not in [_scalar(a) for a in wrapped.args]:
+        if logits.shape[1] not in [scalar_value(a) for a in wrapped.args]:
             return None
         idx = keep
-    idx = _strip(idx, ("broadcast_in_dim", "reshape"))
+    idx = strip(idx, ("broadcast_in_dim", "reshape"))
     if idx.shape != (n,) or not np.issubdtype(idx.dtype, np.integer):
         return None
     return idx
@@ -310,9 +230,9 @@ def _matmul_logits(logits: Node) -> tuple[Node, Node, Node | None] | None:
         if bias.shape != (logits.shape[1],):
             return None
         logits = dot
-    if logits.op != "dot_general" or logits.params["dimension_numbers"] != _MATMUL:
+    if logits.op != "dot_general" or logits.params["dimension_numbers"] != MATMUL:
         return None
-    if _precision(logits) is not None:
+    if precision_of(logits) is not None:
         return None  # the fused op computes at the default precision
     h, w = logits.args
     if h.ndim != 2 or w.ndim != 2 or logits.dtype != h.dtype or h.dtype != w.dtype:
@@ -322,23 +242,100 @@ def _matmul_logits(logits: Node) -> tuple[Node, Node, Node | None] | None:
     return h, w, bias
 
 
+def _is_column_iota(node: Node, v: int) -> bool:
+    """Whether `node` is `0, 1, ..., v-1` along the last axis of a 2-D array (constant along
+    the first), as `jax.nn.one_hot` builds it."""
+    if node.op == "broadcast_in_dim":
+        inner = node.args[0]
+        return (
+            node.ndim == 2
+            and node.params["broadcast_dimensions"] == (1,)
+            and inner.op == "iota"
+            and inner.shape == (v,)
+        )
+    return (
+        node.op == "iota"
+        and node.ndim == 2
+        and node.shape[1] == v
+        and node.params["dimension"] == 1
+    )
+
+
+def _one_hot_labels(node: Node, n: int, v: int) -> Node | None:
+    """The integer labels `[N]` if `node` is `one_hot(labels, V)`: `labels[:, None] ==
+    iota(V)` as a number (what `jax.nn.one_hot` traces to)."""
+    eq = strip(node, ("convert_element_type",))
+    if eq.op != "eq" or eq.shape != (n, v):
+        return None
+    for column, row in (eq.args, eq.args[::-1]):
+        if not _is_column_iota(column, v) or not constant_along(row, (n, v), 1):
+            continue
+        labels = strip(row, ("broadcast_in_dim", "reshape"))
+        if labels.shape == (n,) and np.issubdtype(labels.dtype, np.integer):
+            return labels
+    return None
+
+
+def _xent_args(logits: Node, labels: Node) -> tuple[Node, ...] | None:
+    parts = _matmul_logits(logits)
+    if parts is None:
+        return None
+    h, w, b = parts
+    return (h, w, labels) if b is None else (h, w, labels, b)
+
+
+def _one_hot_xent(node: Node, chunk: int) -> Node | None:
+    """For `sum(one_hot(labels) * log_softmax(h @ w (+ b)), -1)` (the negated
+    cross-entropy), the equal `chunked_xent` term. A label outside `[0, V)` has an all-zero
+    one-hot row, so its entry is 0: the fused term is selected only for labels in range."""
+    if node.op != "reduce_sum" or node.ndim != 1 or node.params["axes"] != (1,):
+        return None
+    product = strip(node.args[0], ("convert_element_type",))  # low precision sums in float32
+    if product.op != "mul" or product.ndim != 2:
+        return None
+    n, v = product.shape
+    for one_hot, log_probs in (product.args, product.args[::-1]):
+        labels = _one_hot_labels(one_hot, n, v)
+        found = log_softmax_of(strip(log_probs, ("convert_element_type",)))
+        if labels is None or found is None or found[1] != 1 or found[0].shape != (n, v):
+            continue
+        args = _xent_args(found[0], labels)
+        if args is None:
+            continue
+        loss = make("neg", make("chunked_xent", *args, chunk=chunk))
+        if loss.dtype != node.dtype:
+            loss = make("convert_element_type", loss, new_dtype=node.dtype)
+
+        def bound(value: int) -> Node:
+            return make("literal", value=value, dtype=labels.dtype)
+
+        in_range = make("and", make("ge", labels, bound(0)), make("lt", labels, bound(v)))
+        zero = make("literal", value=0, dtype=node.dtype)
+        zeros = make("broadcast_in_dim", zero, shape=(n,), broadcast_dimensions=())
+        return make("select_n", in_range, zeros, loss)
+    return None
+
+
 def find_chunked_xent(program: Program, chunk: int = 2048) -> list[Rewrite]:
-    """Softmax cross-entropy over `h @ w (+ b)` -> `chunked_xent`."""
+    """Softmax cross-entropy over `h @ w (+ b)` -> `chunked_xent`: with the label logit
+    gathered, or against one-hot labels."""
     out: list[Rewrite] = []
     for node in program.nodes():
+        if node.op == "reduce_sum":
+            fused = _one_hot_xent(node, chunk)
+            if fused is not None:
+                out.append(Rewrite("chunked_xent", node, fused))
+            continue
         if node.op != "sub" or node.ndim != 1:
             continue
-        lse = _logsumexp_of(node.args[0])
+        lse = logsumexp_of(node.args[0])
         if lse is None or lse[1] != 1 or lse[0].ndim != 2:
             continue
         logits = lse[0]
         labels = _labels_of(node.args[1], logits)
-        parts = _matmul_logits(logits)
-        if labels is None or parts is None:
-            continue
-        h, w, b = parts
-        args = (h, w, labels) if b is None else (h, w, labels, b)
-        out.append(Rewrite("chunked_xent", node, make("chunked_xent", *args, chunk=chunk)))
+        args = None if labels is None else _xent_args(logits, labels)
+        if args is not None:
+            out.append(Rewrite("chunked_xent", node, make("chunked_xent", *args, chunk=chunk)))
     return out
 
 
@@ -392,12 +389,12 @@ def _scaled_base(node: Node) -> tuple[Node, list[Node], float] | None:
         if node.op in _MOVES or node.op == "convert_element_type":
             chain.append(node)
             node = node.args[0]
-        elif node.op in ("mul", "div") and _scalar(node.args[1]) is not None:
-            c = _scalar(node.args[1])
+        elif node.op in ("mul", "div") and scalar_value(node.args[1]) is not None:
+            c = scalar_value(node.args[1])
             scale = scale * c if node.op == "mul" else scale / c
             node = node.args[0]
-        elif node.op == "mul" and _scalar(node.args[0]) is not None:
-            scale *= _scalar(node.args[0])
+        elif node.op == "mul" and scalar_value(node.args[0]) is not None:
+            scale *= scalar_value(node.args[0])
             node = node.args[1]
         else:
             return node, chain[::-1], scale
@@ -428,7 +425,7 @@ def _causal(mask: Node, memo: dict[int, bool]) -> bool:
 
 
 def _is_lower_triangle(mask: Node) -> bool:
-    if _depends_on_input(mask) or mask.size > 2**26:
+    if depends_on_input(mask) or mask.size > 2**26:
         return False
     from superopt._codegen import evaluate  # evaluating needs codegen's interpreter
 
@@ -443,7 +440,7 @@ def find_flash_attention(program: Program, block: int = 128) -> list[Rewrite]:
     causal_memo: dict[int, bool] = {}
     for node in program.nodes():
         d2, top = _descend(node, (*_MOVES, "convert_element_type"))
-        if d2.op != "dot_general" or _precision(d2) is not None:
+        if d2.op != "dot_general" or precision_of(d2) is not None:
             continue  # the fused op computes at the default precision
         try:
             found = _match_attention(d2, block, causal_memo)
@@ -468,7 +465,7 @@ def _match_attention(d2: Node, block: int, causal_memo: dict[int, bool]):
     for p_side in (0, 1):
         p, v_side = d2.args[p_side], d2.args[1 - p_side]
         p, _ = _descend(p, ("convert_element_type",))
-        sm = _softmax_of(p)
+        sm = softmax_of(p)
         if sm is None:
             continue
         scores, axis = sm
@@ -480,19 +477,23 @@ def _match_attention(d2: Node, block: int, causal_memo: dict[int, bool]):
             if scores.op in _MOVES or scores.op == "convert_element_type":
                 s_chain.append(scores)
                 scores = scores.args[0]
-            elif scores.op in ("mul", "div") and _scalar(scores.args[1]) is not None:
-                c = _scalar(scores.args[1])
+            elif scores.op in ("mul", "div") and scalar_value(scores.args[1]) is not None:
+                c = scalar_value(scores.args[1])
                 scale = scale * c if scores.op == "mul" else scale / c
                 scores = scores.args[0]
-            elif scores.op == "select_n" and mask is None and _scalar(scores.args[1]) is not None:
-                mask, fill = scores.args[0], _scalar(scores.args[1])
+            elif (
+                scores.op == "select_n"
+                and mask is None
+                and scalar_value(scores.args[1]) is not None
+            ):
+                mask, fill = scores.args[0], scalar_value(scores.args[1])
                 mask_labels_node = scores
                 s_chain.append(scores)
                 scores = scores.args[2]
             else:
                 break
         s_chain = s_chain[::-1]
-        if scores.op != "dot_general" or _precision(scores) is not None:
+        if scores.op != "dot_general" or precision_of(scores) is not None:
             return None
         q_base, q_chain, q_scale = _scaled_base(scores.args[0])
         k_base, k_chain, k_scale = _scaled_base(scores.args[1])
@@ -586,7 +587,9 @@ def _mask_bhts(mask: Node, labels: tuple[str, ...]) -> Node | None:
 RULES: tuple[FusionRule, ...] = (
     FusionRule("batch_dots", "independent dots, equal shapes/dtypes/dims", find_batch_dots),
     FusionRule("concat_shared_lhs", "2-D matmuls sharing the left operand", find_concat_shared_lhs),
-    FusionRule("chunked_xent", "logsumexp(h@w) - gathered label logit", find_chunked_xent),
+    FusionRule(
+        "chunked_xent", "logsumexp(h@w) - label logit (gathered or one-hot)", find_chunked_xent
+    ),
     FusionRule("flash_attention", "softmax(scale q k^T) v, any layout", find_flash_attention),
 )
 

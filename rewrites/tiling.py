@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from superopt.ir import Node, make
+from superopt.ir import Node, make, toposort
 
 from .fusion import Rewrite
 
@@ -85,11 +85,10 @@ def retile(node: Node, sizes: Sequence[int] | None = None) -> list[Node]:
     return out
 
 
-def _fused_in(after: Node) -> Node | None:
-    """The tiled node an `after` term wraps (the fused op, under reshapes)."""
-    while after.op not in TILED_OPS and after.op in ("reshape", "convert_element_type"):
-        after = after.args[0]
-    return after if after.op in TILED_OPS else None
+def _built_by(rw: Rewrite) -> list[Node]:
+    """The nodes of a fact's `after` term that the rule built (not nodes of the program)."""
+    program = {id(n) for n in toposort(list(rw.before.args))}
+    return [n for n in toposort([rw.after]) if id(n) not in program]
 
 
 def tile_rewrites(rewrites: Sequence[Rewrite], sizes: Sequence[int] | None = None) -> list[Rewrite]:
@@ -104,18 +103,26 @@ def tile_rewrites(rewrites: Sequence[Rewrite], sizes: Sequence[int] | None = Non
     """
     out: list[Rewrite] = []
     for rw in rewrites:
-        fused = _fused_in(rw.after)
-        if fused is None:
+        # The one tiled node of the `after` term (the fused op, maybe under reshapes, a
+        # negation or a select).
+        built = _built_by(rw)
+        tiled = [n for n in built if n.op in TILED_OPS]
+        if len(tiled) != 1:
             out.append(rw)
             continue
+        fused, ids = tiled[0], {id(n) for n in built}
         param = TILED_OPS[fused.op].param
         for variant in retile(fused, sizes):
             name = f"{rw.rule}[{param}={variant.params[param]}]"
-            out.append(Rewrite(name, rw.before, _swap(rw.after, fused, variant)))
+            out.append(Rewrite(name, rw.before, _swap(rw.after, fused, variant, ids)))
     return out
 
 
-def _swap(term: Node, old: Node, new: Node) -> Node:
+def _swap(term: Node, old: Node, new: Node, built: set[int]) -> Node:
+    """`term` with `old` replaced by `new`, rebuilding only the nodes in `built`."""
     if term is old:
         return new
-    return Node(term.op, (_swap(term.args[0], old, new),), term.params, term.shape, term.dtype)
+    if id(term) not in built:
+        return term
+    args = tuple(_swap(a, old, new, built) for a in term.args)
+    return Node(term.op, args, term.params, term.shape, term.dtype)
