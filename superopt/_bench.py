@@ -22,6 +22,7 @@ from typing import Any
 import jax
 
 from ._errors import SuperoptError
+from ._leaves import filter_jit
 
 # The benchmark cases: example module names, in the order of the table. The first five
 # are the rewrite cases of issue 3; the rest are whole programs a user writes.
@@ -150,7 +151,7 @@ def bench_case(
     # (batched_loop: ~0.2 ms a call) gets up to 2,000 rounds rather than stopping at 50
     # with most of its budget unspent.
     times = superopt.time_callables(
-        {"jit": jax.jit(fn), "superopt": opt, "jit_again": jax.jit(fn)},
+        {"jit": filter_jit(fn), "superopt": opt, "jit_again": filter_jit(fn)},
         tuple(args),
         budget_s=budget_s,
         min_rounds=10,

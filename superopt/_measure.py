@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._leaves import close_over_static, has_static_leaves
+
 try:
     import resource
 except ImportError:  # Windows: no page-fault counts
@@ -101,7 +103,9 @@ def time_callables(
     """Time several callables on the same arguments, interleaved.
 
     Each callable is wrapped in `jax.jit` and called once (compilation is not timed), then
-    called `warmup` more times, then timed in rounds. A round calls every callable once,
+    called `warmup` more times, then timed in rounds. Leaves of `args` that are not arrays
+    (an Equinox model's activation functions) are held static, as `eqx.filter_jit` holds
+    them: each callable is timed as a function of the array leaves alone. A round calls every callable once,
     rotating the order each round, and blocks on each result. Rounds stop after
     `max_rounds`, or once the timed rounds have used `budget_s` seconds, but never before
     `min_rounds`.
@@ -133,6 +137,12 @@ def time_callables(
     if not fns:
         return {}
     names = list(fns)
+    if has_static_leaves(args):
+        arrays: list[Any] = []
+        bound = {}
+        for name, fn in fns.items():
+            bound[name], arrays = close_over_static(fn, args)
+        fns, args = bound, tuple(arrays)
     # Arguments are placed on the device once so that no call pays a host transfer.
     args = jax.device_put(args)
     compiled = {name: jax.jit(fn) for name, fn in fns.items()}
