@@ -14,6 +14,7 @@ from hypothesis import given, settings
 
 import superopt
 import superopt.testing as sot
+from superopt._codegen import render
 from superopt._verify import verify_outputs
 
 # Each round-trip test runs at least this many examples (more under the `dev` profile);
@@ -174,3 +175,18 @@ def test_arrays_for_is_deterministic_and_typed() -> None:
 def test_programs_rejects_unknown_ops() -> None:
     with pytest.raises(ValueError, match="cumsum"):
         sot.programs(ops=["cumsum"])
+
+
+def test_roundtrip_complex_literals() -> None:
+    # A complex scalar (a spectrum scaled by 1.5 - 2j) renders as a complex literal.
+    def spectral(x, a, b):
+        shifted = ((1.5 - 2j) * (a @ b)) @ jnp.fft.rfft(x).reshape(-1, 1)
+        return jnp.fft.irfft(shifted[:, 0] * 0.5j), jnp.abs(shifted)
+
+    x = jnp.linspace(-1.0, 1.0, 14)
+    a = (jnp.arange(64.0).reshape(8, 8) / 64 + 1j).astype(jnp.complex64)
+    b = jnp.eye(8, dtype=jnp.complex64) * (0.5 - 0.25j)
+    rt = roundtrip(spectral, x, a, b)
+    for got, want in zip(rt(x, a, b), spectral(x, a, b)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert "complex(1.5, -2.0)" in render(rt.traced.program, "spectral")

@@ -26,6 +26,9 @@ def value_src(value: Any) -> str:
         return repr(bool(value))
     if isinstance(value, (int, np.integer)):
         return repr(int(value))
+    if isinstance(value, (complex, np.complexfloating)):
+        value = complex(value)
+        return f"complex({value_src(value.real)}, {value_src(value.imag)})"
     value = float(value)
     if math.isnan(value):
         return "float('nan')"
