@@ -303,6 +303,17 @@ def optimize(
     ref_key = traced.program.canonical_key()
     program_key = _tune.stable_key(traced.program)
     ops_before = traced.program.count_ops()
+    if traced.effects:
+        report = Report(
+            function=name,
+            status="unchanged",
+            reason=_sentences([traced.note, _EFFECTS_MSG.format(names=", ".join(traced.effects))]),
+            ops_before=ops_before,
+            ops_after=ops_before,
+            phase_s=phases,
+            **env,
+        )
+        return Optimized(fn, traced, None, reference_call, report, _original_source(name))
 
     options = {
         "cost_model": env["cost_model"],
@@ -411,6 +422,11 @@ def optimize(
         return Optimized(fn, traced, None, reference_call, report, _original_source(name))
     return Optimized(fn, traced, cand.program, flat_call, report, source)
 
+
+_EFFECTS_MSG = (
+    "the function has side effects ({names}), which a rewritten program would drop, so the "
+    "original function is returned; optimize the pure part of it instead"
+)
 
 _BUDGET_MSG = (
     "budget is the number of candidates to time on this machine, a whole number >= 0 "

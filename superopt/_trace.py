@@ -145,6 +145,9 @@ class Traced:
     - `hold_numbers`: whether the Python numbers among the dynamic arguments are held
       static too (then they are in `static_leaves`): tracing them as arrays failed.
     - `note`: why, for the report; `""` when they are traced.
+    - `effects`: the primitives with side effects the function runs (`debug_print`,
+      `io_callback`), which the program does not keep: a rewritten program would drop
+      them, so `optimize` hands such a function back as it is.
     """
 
     program: Program
@@ -157,6 +160,7 @@ class Traced:
     static_outputs: tuple[tuple[int, Any], ...] = ()
     hold_numbers: bool = False
     note: str = ""
+    effects: tuple[str, ...] = ()
 
     def unflatten_outputs(self, arrays: Sequence[Any]) -> Any:
         """The result of a call, from the program's outputs and the static outputs."""
@@ -490,8 +494,22 @@ def _trace(
     out_tree, out_statics = out_box[-1]
     return Traced(
         program, in_tree, out_tree, tuple(specs), static_argnums, static_args, static_leaves,
-        out_statics, hold_numbers,
+        out_statics, hold_numbers, effects=_effectful(closed.jaxpr) if closed.effects else (),
     )  # fmt: skip
+
+
+def _effectful(jaxpr: Any) -> tuple[str, ...]:
+    """The names of the primitives with side effects in `jaxpr`, nested calls included."""
+    names: set[str] = set()
+    for eqn in jaxpr.eqns:
+        if not eqn.effects:
+            continue
+        inner = list(jcore.jaxprs_in_params(eqn.params))
+        if not inner:
+            names.add(eqn.primitive.name)
+        for sub in inner:
+            names.update(_effectful(sub))
+    return tuple(sorted(names))
 
 
 def split_arguments(

@@ -679,3 +679,21 @@ def test_misspelt_options_and_bad_static_argnums_are_errors_not_fallbacks():
     np.testing.assert_allclose(opt(v, 2), v * 2)
     jitted = superopt.jit(lambda x, n: x * n, static_argnums=-1, cache=False)
     np.testing.assert_allclose(jitted(v, 3), v * 3)
+
+
+def test_a_function_with_side_effects_comes_back_as_it_is(capsys, tmp_path):
+    # A rewrite of `(a @ b) @ v` would drop the print: the function is handed back whole.
+    def chain(a, b, v):
+        y = (a @ b) @ v
+        jax.debug.print("norm {n}", n=jnp.linalg.norm(y))
+        return y
+
+    args = (jnp.ones((64, 64)), jnp.ones((64, 64)), jnp.ones((64, 2)))
+    assert superopt.trace(chain, *args).effects == ("debug_print",)
+    opt = superopt.optimize(chain, *args, cache_dir=tmp_path)
+    assert opt.report.status == "unchanged" and "debug_print" in opt.report.reason
+    capsys.readouterr()
+    np.testing.assert_allclose(opt(*args), chain(*args))
+    jax.effects_barrier()
+    assert capsys.readouterr().out.count("norm 46340.9") == 2  # the print ran in both
+    assert superopt.trace(lambda a: a * 2, args[0]).effects == ()
