@@ -49,16 +49,19 @@ def test_chunked_xent_value_and_grad(n, d, v, chunk, bias, dtype, seed):
     labels = jax.random.randint(k[2], (n,), -v, v)
     b = jax.random.normal(k[3], (v,)).astype(dtype) if bias else None
 
-    got = chunked_xent(h, w, labels, b, chunk=chunk)
+    def value_and_grad(fn):
+        # One compilation per side: the value and its gradient together.
+        def loss(h, w, b):
+            out = fn(h, w, labels, b)
+            return jnp.sum(out.astype(jnp.float32) * jnp.arange(1.0, n + 1)), out
+
+        return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(h, w, b)
+
+    (_, got), g_got = value_and_grad(lambda *x: chunked_xent(*x, chunk=chunk))
+    (_, want), g_ref = value_and_grad(_xent_ref)
     assert got.shape == (n,) and got.dtype == jnp.dtype(dtype)
-    _close(got, _xent_ref(h, w, labels, b), dtype, scale=d)
-
-    def loss(fn, h, w, b):
-        return jnp.sum(fn(h, w, labels, b).astype(jnp.float32) * jnp.arange(1.0, n + 1))
-
-    g_got = jax.grad(lambda *a: loss(lambda *x: chunked_xent(*x, chunk=chunk), *a), (0, 1, 2))
-    g_ref = jax.grad(lambda *a: loss(_xent_ref, *a), (0, 1, 2))
-    for x, y in zip(g_got(h, w, b), g_ref(h, w, b)):
+    _close(got, want, dtype, scale=d)
+    for x, y in zip(g_got, g_ref):
         if y is not None:
             assert x.dtype == y.dtype
             _close(x, y, dtype, scale=n)
@@ -89,24 +92,44 @@ def test_flash_attention_value_and_grad(b, t, s, h, d, block, causal, masked, dt
     v = jax.random.normal(k[2], (b, s, h, d)).astype(dtype)
     mask = jax.random.bernoulli(k[3], 0.6, (b, 1, t, s)) if masked else None
 
-    got = flash_attention(q, kk, v, mask, block=block, causal=causal)
-    assert got.shape == q.shape and got.dtype == q.dtype
-    _close(got, _attn_ref(q, kk, v, mask, causal), dtype)
+    weights = jnp.arange(q.size, dtype=jnp.float32).reshape(q.shape) / q.size
 
-    weights = jnp.arange(got.size, dtype=jnp.float32).reshape(got.shape) / got.size
+    def value_and_grad(fn):
+        # One compilation per side: the value and its gradient together.
+        def loss(*a):
+            out = fn(*a)
+            return jnp.sum(out.astype(jnp.float32) * weights), out
 
-    def loss(fn, *a):
-        return jnp.sum(fn(*a).astype(jnp.float32) * weights)
+        return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(q, kk, v)
 
-    g_got = jax.grad(
-        lambda *a: loss(lambda *x: flash_attention(*x, mask, block=block, causal=causal), *a),
-        (0, 1, 2),
-    )(q, kk, v)
-    g_ref = jax.grad(lambda *a: loss(lambda *x: _attn_ref(*x, mask, causal), *a), (0, 1, 2))(
-        q, kk, v
+    (_, got), g_got = value_and_grad(
+        lambda *x: flash_attention(*x, mask, block=block, causal=causal)
     )
+    (_, want), g_ref = value_and_grad(lambda *x: _attn_ref(*x, mask, causal))
+    assert got.shape == q.shape and got.dtype == q.dtype
+    _close(got, want, dtype)
     for x, y in zip(g_got, g_ref):
         _close(x, y, dtype, scale=4.0)
+
+
+def test_flash_attention_gradient_of_a_fully_masked_row():
+    # A query with every key masked attends uniformly to all of them, as in
+    # `jax.nn.dot_product_attention` (its scores are all the same finite fill); the
+    # backward pass must give it the same uniform weights (it once gave each key weight 1).
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    q, kk, v = (jax.random.normal(key, (1, 6, 2, 4)) for key in k)
+    mask = jnp.ones((1, 1, 6, 8), bool).at[:, :, 2].set(False)
+    kk, v = jnp.concatenate([kk, kk[:, :2]], 1), jnp.concatenate([v, v[:, :2] * 2], 1)
+    weights = jnp.cos(jnp.arange(q.size, dtype=jnp.float32)).reshape(q.shape)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v) * weights)
+
+    fused = loss(lambda q, k, v: flash_attention(q, k, v, mask, block=3))
+    ref = loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask))
+    grads = [jax.jit(jax.grad(f, (0, 1, 2)))(q, kk, v) for f in (fused, ref)]
+    for got, want in zip(*grads):
+        _close(got, want, "float32")
 
 
 def _inp(i, shape, dtype="float32"):

@@ -295,7 +295,7 @@ def _attn_forward(q, k, v, mask, block, scale, causal, mask_value):
     )
     m, denom, acc = _attn_scan(body, init, n_full, tail, block)
     out = acc / jnp.transpose(denom, (0, 2, 1))[..., None]
-    return out, m + jnp.log(denom)
+    return out, (m, denom)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
@@ -305,13 +305,13 @@ def _attn(q, k, v, mask, block, scale, causal, mask_value):
 
 
 def _attn_fwd(q, k, v, mask, block, scale, causal, mask_value):
-    out, lse = _attn_forward(q, k, v, mask, block, scale, causal, mask_value)
+    out, (m, denom) = _attn_forward(q, k, v, mask, block, scale, causal, mask_value)
     out = out.astype(q.dtype)
-    return out, (q, k, v, mask, out, lse)
+    return out, (q, k, v, mask, out, m, denom)
 
 
 def _attn_bwd(block, scale, causal, mask_value, res, g):
-    q, k, v, mask, out, lse = res
+    q, k, v, mask, out, m, denom = res
     n_full, tail = _tiles(k.shape[1], block)
     g = g.astype(jnp.float32)
     delta = jnp.einsum("bthd,bthd->bht", g, out.astype(jnp.float32))
@@ -321,7 +321,9 @@ def _attn_bwd(block, scale, causal, mask_value, res, g):
         kb = lax.dynamic_slice_in_dim(k, start, size, axis=1)
         vb = lax.dynamic_slice_in_dim(v, start, size, axis=1)
         s, keep = _attn_scores(q, kb, start, size, mask, scale, causal, mask_value)
-        p = jnp.exp(s - lse[..., None])
+        # The row max and the sum apart, not as m + log(sum): in a fully masked row m is
+        # the fill (-2.4e38), and adding log(sum) to it rounds to m itself.
+        p = jnp.exp(s - m[..., None]) / denom[..., None]
         dvb = jnp.einsum("bhts,bthd->bshd", p, g)
         dp = jnp.einsum("bthd,bshd->bhts", g, vb.astype(jnp.float32))
         ds = p * (dp - delta[..., None])
