@@ -21,7 +21,9 @@ from typing import Any
 
 import jax
 import jax.extend.core as jcore
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ._errors import ShapeError, TraceError
 from ._leaves import (
@@ -341,7 +343,8 @@ class _Builder:
         typed = all(not _extended(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars))
         if opdef is not None and len(eqn.outvars) == 1 and typed:
             try:
-                params = opdef.from_eqn(dict(eqn.params)) if opdef.from_eqn else {}
+                raw = _default_algorithm(eqn) if name == "dot_general" else dict(eqn.params)
+                params = opdef.from_eqn(raw) if opdef.from_eqn else {}
             except ShapeError:
                 params = None  # a form of the primitive the IR does not model
             if params is not None:
@@ -496,6 +499,22 @@ def _trace(
         program, in_tree, out_tree, tuple(specs), static_argnums, static_args, static_leaves,
         out_statics, hold_numbers, effects=_effectful(closed.jaxpr) if closed.effects else (),
     )  # fmt: skip
+
+
+def _default_algorithm(eqn: Any) -> dict[str, Any]:
+    """A `dot_general`'s params, with the algorithm `BF16_BF16_F32` on bfloat16 operands
+    and a float32 result (what `jax.nn.dot_product_attention` asks for) read as the
+    default precision: bfloat16 products accumulated in float32 is what the default dot of
+    those operands computes. Any other algorithm stays, and the dot stays opaque."""
+    params = dict(eqn.params)
+    bf16 = all(v.aval.dtype == jnp.bfloat16 for v in eqn.invars)
+    if (
+        params.get("precision") == lax.DotAlgorithmPreset.BF16_BF16_F32
+        and bf16
+        and params.get("preferred_element_type") == jnp.float32
+    ):
+        params["precision"] = None
+    return params
 
 
 def _effectful(jaxpr: Any) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 import superopt
@@ -28,20 +28,20 @@ def _check(fn, args, rule, dtype, n_facts=1, grad_argnums=()):
     ref, new, facts = _rewrite(fn, *args, rule=rule)
     assert len(facts) == n_facts, [f.rule for f in facts]
     rtol, atol = TOL[dtype]
-    for a, b in zip(new(*args), ref(*args)):
+
+    def values_and_grads(f):
+        # One compilation per side: the outputs and every gradient together.
+        def loss(*xs):
+            return sum(jnp.sum(o.astype(jnp.float32) ** 2) for o in f(*xs))
+
+        grads = jax.grad(loss, tuple(grad_argnums)) if grad_argnums else lambda *xs: ()
+        return jax.jit(lambda *xs: (f(*xs), grads(*xs)))(*args)
+
+    (out_new, g_new), (out_ref, g_ref) = values_and_grads(new), values_and_grads(ref)
+    for a, b in zip(out_new, out_ref):
         np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=rtol, atol=atol)
-    for i in grad_argnums:
-
-        def loss(f, x, i=i):
-            full = list(args)
-            full[i] = x
-            return sum(jnp.sum(o.astype(jnp.float32) ** 2) for o in f(*full))
-
-        g_new, g_ref = (
-            jax.grad(lambda x: loss(new, x))(args[i]),
-            jax.grad(lambda x: loss(ref, x))(args[i]),
-        )
-        np.testing.assert_allclose(np.float32(g_new), np.float32(g_ref), rtol=rtol, atol=atol * 10)
+    for a, b in zip(g_new, g_ref):
+        np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=rtol, atol=atol * 10)
     return facts
 
 
@@ -160,6 +160,7 @@ def _dpa(causal):
     return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal)
 
 
+# bfloat16 always runs: its dots carry the algorithm BF16_BF16_F32 (read as default).
 @FAST
 @given(
     b=st.integers(1, 2),
@@ -170,6 +171,7 @@ def _dpa(causal):
     dtype=st.sampled_from(["float32", "bfloat16"]),
     seed=st.integers(0, 999),
 )
+@example(b=1, t=9, h=2, d=4, causal=True, dtype="bfloat16", seed=1)
 def test_flash_attention_rule_on_dot_product_attention(b, t, h, d, causal, dtype, seed):
     k = jax.random.split(jax.random.PRNGKey(seed), 3)
     q, kk, v = (jax.random.normal(key, (b, t, h, d)).astype(dtype) for key in k)

@@ -390,3 +390,19 @@ def test_a_dot_algorithm_stays_opaque() -> None:
     traced = superopt.trace(lambda x, y: jnp.matmul(x, y, precision=preset), a, a)
     assert "dot_general" not in traced.program.count_ops()
     assert traced.program.count_ops()["opaque"] == 1
+
+
+def test_bf16_products_accumulated_in_f32_are_a_default_dot() -> None:
+    # `jax.nn.dot_product_attention` asks for BF16_BF16_F32 on bfloat16 inputs: what the
+    # default dot of bfloat16 operands with a float32 result computes, so an IR dot.
+    a = jnp.ones((4, 4), jnp.bfloat16)
+    preset = lax.DotAlgorithmPreset.BF16_BF16_F32
+
+    def dot(x, y):
+        return jnp.matmul(x, y, precision=preset, preferred_element_type=jnp.float32)
+
+    (node,) = [n for n in superopt.trace(dot, a, a).program.nodes() if n.op == "dot_general"]
+    assert node.params["precision"] is None and node.dtype == jnp.float32
+    # On float32 operands the algorithm rounds them to bfloat16: not the default.
+    f32 = jnp.ones((4, 4))
+    assert "dot_general" not in superopt.trace(dot, f32, f32).program.count_ops()
