@@ -103,12 +103,12 @@ def time_callables(
     """Time several callables on the same arguments, interleaved.
 
     Each callable is wrapped in `jax.jit` and called once (compilation is not timed), then
-    called `warmup` more times, then timed in rounds. Leaves of `args` that are not arrays
-    (an Equinox model's activation functions) are held static, as `eqx.filter_jit` holds
-    them: each callable is timed as a function of the array leaves alone. A round calls every callable once,
+    called `warmup` more times, then timed in rounds. A round calls every callable once,
     rotating the order each round, and blocks on each result. Rounds stop after
     `max_rounds`, or once the timed rounds have used `budget_s` seconds, but never before
-    `min_rounds`.
+    `min_rounds`. Leaves of `args` that are not arrays (an Equinox model's activation
+    functions) are held static, as `eqx.filter_jit` holds them: each callable is timed as
+    a function of the array leaves alone.
 
     ```python
     timings = superopt.time_callables({"ref": f, "opt": g}, (x, w), budget_s=1.0)
