@@ -382,11 +382,30 @@ def _dot_labels(dot: Node, la: tuple[str, ...], lb: tuple[str, ...]) -> tuple[st
     return tuple([la[i] for i in lbt] + free_a + free_b)
 
 
+def _relabels(node: Node) -> bool:
+    """Whether `node` moves its operand's labelled dimensions around without merging or
+    splitting any: a transpose, a convert, or a reshape that adds or drops size-1
+    dimensions. A reshape of `[B, T, H*D]` into `[B, T, H, D]` (a projection split into
+    heads) does not: attention's operand starts there."""
+    if node.op in ("transpose", "convert_element_type"):
+        return True
+    if node.op not in _MOVES:
+        return False
+    real = [d for d in node.shape if d != 1]
+    return real == [d for d in node.args[0].shape if d != 1]
+
+
+def _unmoved(node: Node) -> Node:
+    while _relabels(node):
+        node = node.args[0]
+    return node
+
+
 def _scaled_base(node: Node) -> tuple[Node, list[Node], float] | None:
     """Strip moves and scalar multiplies/divides; the base, the move chain, and the scale."""
     scale, chain = 1.0, []
     while True:
-        if node.op in _MOVES or node.op == "convert_element_type":
+        if _relabels(node):
             chain.append(node)
             node = node.args[0]
         elif node.op in ("mul", "div") and scalar_value(node.args[1]) is not None:
@@ -498,7 +517,7 @@ def _match_attention(d2: Node, block: int, causal_memo: dict[int, bool]):
         q_base, q_chain, q_scale = _scaled_base(scores.args[0])
         k_base, k_chain, k_scale = _scaled_base(scores.args[1])
         v_base, v_chain, _ = _scaled_base(v_side)
-        if v_base is not _descend(v_side, (*_MOVES, "convert_element_type"))[0]:
+        if v_base is not _unmoved(v_side):
             return None  # a scaled value is not attention
         scale *= q_scale * k_scale
         if not (q_base.ndim == k_base.ndim == v_base.ndim) or q_base.ndim not in _BASE_LABELS:

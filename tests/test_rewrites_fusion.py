@@ -154,6 +154,45 @@ def test_chunked_xent_rule_needs_the_same_logits():
     assert _rewrite(mixed, h, w, labels, rule="chunked_xent")[2] == []
 
 
+def _heads(form, x, w, heads):
+    """q, k, v `[B, T, H, D]` from one projection `x @ w` of width 3·H·D, as models write it."""
+    b, t, _ = x.shape
+    width = w.shape[1] // 3
+    if form == "split":
+        parts = jnp.split(x @ w, 3, axis=-1)
+    elif form == "slices":
+        y = x @ w
+        parts = [y[..., i * width : (i + 1) * width] for i in range(3)]
+    else:  # three projections
+        parts = [x @ w[:, i * width : (i + 1) * width] for i in range(3)]
+    return [z.reshape(b, t, heads, width // heads) for z in parts]
+
+
+# The attention's operands start at the reshape that splits the projection into heads.
+@FAST
+@given(
+    b=st.integers(1, 2),
+    t=st.integers(2, 10),
+    heads=st.integers(1, 3),
+    d=st.integers(2, 6),
+    form=st.sampled_from(["split", "slices", "projections"]),
+    causal=st.booleans(),
+    dtype=st.sampled_from(["float32", "bfloat16"]),
+    seed=st.integers(0, 999),
+)
+def test_flash_attention_rule_on_heads_of_a_projection(b, t, heads, d, form, causal, dtype, seed):
+    k = jax.random.split(jax.random.PRNGKey(seed), 2)
+    x = jax.random.normal(k[0], (b, t, 8)).astype(dtype)
+    w = (jax.random.normal(k[1], (8, 3 * heads * d)) / 3).astype(dtype)
+
+    def fn(x, w):
+        q, kk, v = _heads(form, x, w, heads)
+        return jax.nn.dot_product_attention(q, kk, v, is_causal=causal)
+
+    (fact,) = _check(fn, (x, w), "flash_attention", dtype, grad_argnums=(0, 1))
+    assert any(n.op == "flash_attention" for n in superopt.ir.toposort([fact.after]))
+
+
 # Size-1 sequence or head dimensions carry no label, so the layout is ambiguous: the rule
 # needs them > 1 (batch and head counts may be 1).
 def _dpa(causal):
