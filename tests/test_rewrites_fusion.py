@@ -113,6 +113,21 @@ def test_chunked_xent_rule(n, d, v, form, dtype, seed):
     assert fused.args[2].op == "input" and len(fused.args) == (4 if bias else 3)
 
 
+def test_chunked_xent_rule_needs_a_one_hot_of_the_labels():
+    h, w, labels = jnp.ones((4, 3)), jnp.ones((3, 10)), jnp.zeros(4, jnp.int32)
+
+    def smoothed(h, w, labels):  # label smoothing: not a one-hot, not a cross-entropy of labels
+        target = optax.smooth_labels(jax.nn.one_hot(labels, 10), 0.1)
+        return optax.softmax_cross_entropy(h @ w, target)
+
+    def shifted(h, w, labels):  # the one-hot of other columns
+        target = jax.nn.one_hot(labels, 10)[:, ::-1]
+        return optax.softmax_cross_entropy(h @ w, target)
+
+    for fn in (smoothed, shifted):
+        assert _rewrite(fn, h, w, labels, rule="chunked_xent")[2] == []
+
+
 def test_chunked_xent_rule_needs_the_same_logits():
     h, w, labels = jnp.ones((4, 3)), jnp.ones((3, 10)), jnp.zeros(4, jnp.int32)
 
