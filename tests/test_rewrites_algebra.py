@@ -134,6 +134,38 @@ def test_distributing_over_a_size_one_broadcast_is_dropped_or_correct(case, m, k
     assert fired == case.startswith("free"), res.note
 
 
+# A dot of bfloat16 by float32 (mixed precision) has operands of two dtypes. A float32
+# scalar moved onto the bfloat16 side, or a bfloat16 one onto the float32 product, makes a
+# multiply that lax rejects: no such candidate may come out. Moving a float32 scalar onto
+# the float32 side is fine.
+MIXED_CASES = {
+    "scalar_into_dot": (lambda a, b: (a @ b) * 3.0, True),
+    "scalar_out_of_dot": (lambda a, b: (a * 3) @ b, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MIXED_CASES))
+def test_scalar_rules_keep_operand_dtypes_on_a_mixed_dot(name):
+    fn, fires = MIXED_CASES[name]
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(6, 5)), jnp.bfloat16)
+    b = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+    tr, res = _variants_of(name, fn, [a, b])
+    ref = np.asarray(evaluate(tr.program, a, b)[0], np.float32)
+    for cand in res.candidates:
+        for node in cand.program.nodes():
+            if node.op == "mul":
+                assert len({x.dtype for x in node.args}) == 1, cand.program
+        out = jax.jit(superopt.to_callable(cand.program))(a, b)[0]
+        np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=2e-2, atol=2e-2)
+    moved = [c for c in res.candidates if any(name in s.rule for s in c.rewrites)]
+    assert bool(moved) == fires, res.note
+    # The one move that types: the float32 scalar onto the float32 operand.
+    for c in moved:
+        (mul,) = [n for n in c.program.nodes() if n.op == "mul"]
+        assert {x.dtype for x in mul.args} == {np.dtype("float32")}
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_rule_keeps_an_explicit_precision(name):
     # Every dot a rule builds from HIGHEST dots is a HIGHEST dot: none drops or changes it.

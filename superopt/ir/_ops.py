@@ -127,7 +127,10 @@ def _elementwise_type(result_dtype: str | None = None, *, first_operand: bool = 
             return shape, np.dtype(result_dtype)
         if first_operand:
             return shape, args[0].dtype
-        dtypes = {a.dtype for a in args if a.shape != ()} or {a.dtype for a in args}
+        # Rank-0 operands too: lax takes no mixed dtypes, and a rule that moves a scalar
+        # onto an operand of another dtype (into a dot of bfloat16 by float32) would
+        # otherwise build a program that fails to compile.
+        dtypes = {a.dtype for a in args}
         if len(dtypes) > 1:
             raise ShapeError(f"elementwise operands of different dtypes: {dtypes}")
         return shape, dtypes.pop()
