@@ -7,7 +7,8 @@ computed over the vocabulary a chunk at a time with an online logsumexp (its gra
 recomputes each chunk, so the backward pass never stores the logits either). Each chunk
 size is a separate e-node, so the cost model picks the tile. The loss against one-hot
 labels, `optax.softmax_cross_entropy(h @ w, jax.nn.one_hot(labels, vocab))`, is recognized
-too.
+too, and so is the mixed-precision form: bfloat16 `h` and `w`, the loss of
+`(h @ w).astype(jnp.float32)`.
 
 Run it with `python examples/cross_entropy.py`; it prints the report, then times
 `jax.jit` of the original against the optimized function and against each chunk size.

@@ -19,8 +19,10 @@ Rules, with their side conditions:
 - `chunked_xent`: `logsumexp(L, -1) - L[i, labels[i]]` with `L = h @ w (+ b)` 2-D, the
   logsumexp in any stable spelling whose shift is constant along the vocabulary axis
   (optax, `jax.nn.logsumexp`), the label logit by gather (`take_along_axis`) ->
-  `chunked_xent(h, w, labels[, b])`; needs `L.dtype == h.dtype` and a default-precision
-  dot (the fused op computes at the default precision). Also the one-hot form,
+  `chunked_xent(h, w, labels[, b])`; needs a default-precision dot (the fused op computes
+  at the default precision) with `L.dtype == h.dtype`, or that product upcast to a wider
+  float before the bias (`(h @ w).astype(float32)` of bfloat16 weights, as mixed-precision
+  training computes the loss) -> `chunked_xent(..., loss_dtype=float32)`. Also the one-hot form,
   `sum(one_hot(labels, V) * log_softmax(L), -1)` (optax's `softmax_cross_entropy` against
   `jax.nn.one_hot`, negated), in either log-softmax spelling -> `-chunked_xent(...)` where
   `0 <= labels < V`, and 0 elsewhere (an out-of-range label's one-hot row is all zeros).
@@ -40,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from superopt.ir import Node, Program, ShapeError, make, toposort
@@ -219,17 +222,34 @@ def _labels_of(node: Node, logits: Node) -> Node | None:
     return idx
 
 
-def _matmul_logits(logits: Node) -> tuple[Node, Node, Node | None] | None:
+def _upcast(node: Node) -> Node | None:
+    """The operand of `node` if it converts a float to a wider float, else `None`."""
+    if node.op != "convert_element_type" or not jnp.issubdtype(node.dtype, jnp.floating):
+        return None
+    inner = node.args[0]
+    if not jnp.issubdtype(inner.dtype, jnp.floating) or inner.dtype.itemsize >= node.dtype.itemsize:
+        return None
+    return inner
+
+
+def _matmul_logits(logits: Node) -> tuple[Node, Node, Node | None, Any] | None:
+    """`(h, w, bias, loss dtype)` of logits `h @ w (+ bias)`, the product possibly upcast
+    to a wider float before the bias (mixed precision: bfloat16 weights, a float32 loss);
+    the loss dtype is `None` where nothing is upcast."""
     bias = None
     if logits.op == "add":
         a, b = logits.args
-        dot, bb = (a, b) if a.op == "dot_general" else (b, a)
+        dot, bb = (b, a) if a.op == "broadcast_in_dim" else (a, b)
         if bb.op != "broadcast_in_dim" or bb.params["broadcast_dimensions"] != (1,):
             return None
         bias = bb.args[0]
         if bias.shape != (logits.shape[1],):
             return None
         logits = dot
+    loss_dtype = None
+    inner = _upcast(logits)
+    if inner is not None:
+        logits, loss_dtype = inner, logits.dtype
     if logits.op != "dot_general" or logits.params["dimension_numbers"] != MATMUL:
         return None
     if precision_of(logits) is not None:
@@ -237,9 +257,9 @@ def _matmul_logits(logits: Node) -> tuple[Node, Node, Node | None] | None:
     h, w = logits.args
     if h.ndim != 2 or w.ndim != 2 or logits.dtype != h.dtype or h.dtype != w.dtype:
         return None
-    if bias is not None and bias.dtype != h.dtype:
+    if bias is not None and bias.dtype != (loss_dtype or h.dtype):
         return None
-    return h, w, bias
+    return h, w, bias, loss_dtype
 
 
 def _is_column_iota(node: Node, v: int) -> bool:
@@ -276,12 +296,15 @@ def _one_hot_labels(node: Node, n: int, v: int) -> Node | None:
     return None
 
 
-def _xent_args(logits: Node, labels: Node) -> tuple[Node, ...] | None:
+def _xent_of(logits: Node, labels: Node, chunk: int) -> Node | None:
+    """The `chunked_xent` term of the cross-entropy of `logits` against `labels`."""
     parts = _matmul_logits(logits)
     if parts is None:
         return None
-    h, w, b = parts
-    return (h, w, labels) if b is None else (h, w, labels, b)
+    h, w, b, loss_dtype = parts
+    args = (h, w, labels) if b is None else (h, w, labels, b)
+    extra = {} if loss_dtype is None else {"loss_dtype": np.dtype(loss_dtype)}
+    return make("chunked_xent", *args, chunk=chunk, **extra)
 
 
 def _one_hot_xent(node: Node, chunk: int) -> Node | None:
@@ -299,10 +322,10 @@ def _one_hot_xent(node: Node, chunk: int) -> Node | None:
         found = log_softmax_of(strip(log_probs, ("convert_element_type",)))
         if labels is None or found is None or found[1] != 1 or found[0].shape != (n, v):
             continue
-        args = _xent_args(found[0], labels)
-        if args is None:
+        xent = _xent_of(found[0], labels, chunk)
+        if xent is None:
             continue
-        loss = make("neg", make("chunked_xent", *args, chunk=chunk))
+        loss = make("neg", xent)
         if loss.dtype != node.dtype:
             loss = make("convert_element_type", loss, new_dtype=node.dtype)
 
@@ -333,9 +356,9 @@ def find_chunked_xent(program: Program, chunk: int = 2048) -> list[Rewrite]:
             continue
         logits = lse[0]
         labels = _labels_of(node.args[1], logits)
-        args = None if labels is None else _xent_args(logits, labels)
-        if args is not None:
-            out.append(Rewrite("chunked_xent", node, make("chunked_xent", *args, chunk=chunk)))
+        xent = None if labels is None else _xent_of(logits, labels, chunk)
+        if xent is not None:
+            out.append(Rewrite("chunked_xent", node, xent))
     return out
 
 

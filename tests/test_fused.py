@@ -67,6 +67,48 @@ def test_chunked_xent_value_and_grad(n, d, v, chunk, bias, dtype, seed):
             _close(x, y, dtype, scale=n)
 
 
+@FAST
+@given(
+    n=st.integers(1, 9),
+    d=st.integers(1, 12),
+    v=st.integers(2, 70),
+    chunk=st.integers(1, 80),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_chunked_xent_loss_dtype_is_the_loss_of_upcast_logits(n, d, v, chunk, bias, seed):
+    # Mixed precision: bfloat16 weights, a float32 loss of the logits `(h @ w).astype(f32)`.
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    h = jax.random.normal(k[0], (n, d)).astype(jnp.bfloat16)
+    w = jax.random.normal(k[1], (d, v)).astype(jnp.bfloat16)
+    labels = jax.random.randint(k[2], (n,), -v, v)
+    b = jax.random.normal(k[3], (v,)) if bias else None
+
+    def ref(h, w, b):
+        logits = (h @ w).astype(jnp.float32) + (0.0 if b is None else b[None, :])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+    def fused(h, w, b):
+        return chunked_xent(h, w, labels, b, chunk=chunk, loss_dtype=jnp.float32)
+
+    def value_and_grad(fn):
+        def loss(h, w, b):
+            out = fn(h, w, b)
+            return jnp.sum(out * jnp.arange(1.0, n + 1)), out
+
+        return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(h, w, b)
+
+    (_, got), g_got = value_and_grad(fused)
+    (_, want), g_ref = value_and_grad(ref)
+    assert got.dtype == jnp.float32
+    # XLA folds the upcast into the product: neither rounds the logits to bfloat16.
+    _close(got, want, "float32", scale=d)
+    for x, y in zip(g_got, g_ref):
+        if y is not None:
+            assert x.dtype == y.dtype
+            _close(x, y, "bfloat16" if x.dtype == jnp.bfloat16 else "float32", scale=n)
+
+
 def _attn_ref(q, k, v, mask, causal):
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
     return jax.nn.dot_product_attention(*f32, mask=mask, is_causal=causal)

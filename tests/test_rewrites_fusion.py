@@ -77,6 +77,21 @@ def _one_hot_logsumexp(h, w, labels):
     return -(jax.nn.one_hot(labels, w.shape[1], dtype=logits.dtype) * log_probs).sum(-1)
 
 
+def _optax_upcast(h, w, labels):
+    # Mixed precision: low-precision weights, the loss of float32 logits.
+    return optax.softmax_cross_entropy_with_integer_labels((h @ w).astype(jnp.float32), labels)
+
+
+def _upcast_bias_mean(h, w, labels, b):
+    logits = (h @ w).astype(jnp.float32) + b.astype(jnp.float32)[None, :]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _one_hot_upcast(h, w, labels):
+    logits = (h @ w).astype(jnp.float32)
+    return optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, w.shape[1]))
+
+
 # Each form of the loss: the function, whether it takes a bias, whether its labels are
 # one-hot. A gathered label wraps Python-style from -V; a one-hot label outside [0, V) has
 # an all-zero row, so its loss is 0, and so is the rewrite's.
@@ -87,6 +102,9 @@ XENT_FORMS = {
     "one_hot_optax": (_optax_one_hot, False, True),
     "one_hot_bias_mean": (_one_hot_bias_mean, True, True),
     "one_hot_logsumexp": (_one_hot_logsumexp, False, True),
+    "optax_upcast": (_optax_upcast, False, False),
+    "upcast_bias_mean": (_upcast_bias_mean, True, False),
+    "one_hot_upcast": (_one_hot_upcast, False, True),
 }
 
 
@@ -111,6 +129,10 @@ def test_chunked_xent_rule(n, d, v, form, dtype, seed):
     (fact,) = _check(fn, args, "chunked_xent", dtype, grad_argnums=grads)
     (fused,) = [n for n in superopt.ir.toposort([fact.after]) if n.op == "chunked_xent"]
     assert fused.args[2].op == "input" and len(fused.args) == (4 if bias else 3)
+    # A bfloat16 product upcast before the loss keeps a float32 loss.
+    upcast = "upcast" in form and dtype == "bfloat16"
+    assert fused.dtype == ("float32" if upcast else dtype)
+    assert fused.params.get("loss_dtype") == (jnp.float32 if upcast else None)
 
 
 def test_chunked_xent_rule_needs_a_one_hot_of_the_labels():
@@ -126,6 +148,20 @@ def test_chunked_xent_rule_needs_a_one_hot_of_the_labels():
 
     for fn in (smoothed, shifted):
         assert _rewrite(fn, h, w, labels, rule="chunked_xent")[2] == []
+
+
+def test_chunked_xent_rule_leaves_logits_rounded_after_the_bias():
+    # Upcast after a bfloat16 bias: the logits are rounded to bfloat16 before the upcast
+    # (XLA folds an upcast into a product, not into a sum), and the fused op's float32
+    # logits are not within a float32 loss's tolerance of that.
+    h, w = jnp.ones((4, 3), jnp.bfloat16), jnp.ones((3, 10), jnp.bfloat16)
+    b, labels = jnp.ones(10, jnp.bfloat16), jnp.zeros(4, jnp.int32)
+
+    def rounded_twice(h, w, labels, b):
+        logits = (h @ w + b[None, :]).astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+    assert _rewrite(rounded_twice, h, w, labels, b, rule="chunked_xent")[2] == []
 
 
 def test_chunked_xent_rule_needs_the_same_logits():

@@ -1,7 +1,9 @@
 """Fused ops: producer–consumer chains computed in tiles, never materializing the big middle.
 
-- `chunked_xent(h, w, labels[, b]; chunk)`: softmax cross-entropy of `h @ w (+ b)` per row,
-  over the vocabulary in chunks with an online logsumexp; the `[N, V]` logits never exist.
+- `chunked_xent(h, w, labels[, b]; chunk[, loss_dtype])`: softmax cross-entropy of
+  `h @ w (+ b)` per row, over the vocabulary in chunks with an online logsumexp; the
+  `[N, V]` logits never exist. `loss_dtype` (float32 for bfloat16 `h`) is the loss of
+  logits upcast before the softmax, as mixed-precision training computes it.
 - `flash_attention(q, k, v[, mask]; block, scale, causal, mask_value)`: `softmax(q kᵀ·scale) v`
   in the `[B, T, H, D]` layout of `jax.nn.dot_product_attention`, blockwise over keys with an
   online softmax; the `[B, H, T, S]` scores never exist.
@@ -10,7 +12,8 @@ Both lower to a `lax.scan` over full tiles plus one smaller tail tile when the d
 not a multiple of the tile (no padding, no masking, no copy of the weights). Both carry a
 `jax.custom_vjp` whose backward recomputes each tile (FlashAttention-2 style), so the
 gradient is exact and also never stores the big intermediate. Arithmetic inside is float32
-whatever the input dtype; results are cast back to the input dtype.
+whatever the input dtype; results are cast back to the input dtype, or to `chunked_xent`'s
+`loss_dtype`.
 
 Costs count what a tiled loop really moves: every tile re-reads the operand it is not
 tiled over (`h`, `q` and the running accumulators), and a tile's scores only go to memory
@@ -32,6 +35,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._errors import ShapeError
 from ._node import Node, Params
+from ._ops import dtype_src
 from ._registry import Cost, OpDef, register_op
 
 # Bytes of fast memory a tile's intermediate may use before it spills (a large last-level
@@ -102,18 +106,18 @@ def _wrap_labels(labels, vocab: int):
     return jnp.where(labels < 0, labels + vocab, labels)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _xent(h, w, labels, b, chunk):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _xent(h, w, labels, b, chunk, loss_dtype):
     loss, _ = _xent_forward(h, w, labels, b, chunk)
-    return loss.astype(h.dtype)
+    return loss.astype(loss_dtype)
 
 
-def _xent_fwd(h, w, labels, b, chunk):
+def _xent_fwd(h, w, labels, b, chunk, loss_dtype):
     loss, lse = _xent_forward(h, w, labels, b, chunk)
-    return loss.astype(h.dtype), (h, w, labels, b, lse)
+    return loss.astype(loss_dtype), (h, w, labels, b, lse)
 
 
-def _xent_bwd(chunk, res, g):
+def _xent_bwd(chunk, loss_dtype, res, g):
     h, w, labels, b, lse = res
     vocab = w.shape[1]
     n_full, tail = _tiles(vocab, chunk)
@@ -152,12 +156,16 @@ def chunked_xent(
     b: Float[Array, " v"] | None = None,
     *,
     chunk: int,
+    loss_dtype: Any = None,
 ) -> Float[Array, " n"]:
     """Softmax cross-entropy of the logits `h @ w (+ b)` against integer `labels`, per row.
 
     Equal to `optax.softmax_cross_entropy_with_integer_labels(h @ w + b, labels)`, computed
     over the vocabulary `chunk` columns at a time; a vocabulary that is not a multiple of
-    `chunk` ends with one smaller chunk.
+    `chunk` ends with one smaller chunk. With `loss_dtype`, equal to the loss of the logits
+    upcast first, `(h @ w).astype(loss_dtype) + b` (`b` of either dtype), as
+    mixed-precision training computes it: XLA folds that upcast into the product, whose
+    float32 accumulation is never rounded to `h`'s dtype, and neither is the fused op's.
 
     **Arguments:**
 
@@ -166,12 +174,14 @@ def chunked_xent(
     - `labels`: integer class per row, in `[-V, V)` (negative counts from the end).
     - `b`: optional bias `[V]`.
     - `chunk`: vocabulary columns per step, `1 <= chunk`.
+    - `loss_dtype`: the dtype of the loss (default: that of `h`).
 
-    **Returns:** the loss per row `[N]`, in the dtype of `h`.
+    **Returns:** the loss per row `[N]`, in `loss_dtype`.
     """
     if chunk < 1:
         raise ShapeError(f"chunked_xent needs chunk >= 1, got {chunk}")
-    return _xent(h, w, _wrap_labels(labels, w.shape[1]), b, min(int(chunk), w.shape[1]))
+    out = jnp.dtype(h.dtype if loss_dtype is None else loss_dtype)
+    return _xent(h, w, _wrap_labels(labels, w.shape[1]), b, min(int(chunk), w.shape[1]), out)
 
 
 def _xent_type(args: Sequence[Node], p: Params):
@@ -179,16 +189,19 @@ def _xent_type(args: Sequence[Node], p: Params):
         raise ShapeError(f"chunked_xent takes h, w, labels and an optional bias, got {len(args)}")
     h, w, labels = args[:3]
     ok = h.ndim == 2 and w.ndim == 2 and labels.shape == (h.shape[0],) and h.shape[1] == w.shape[0]
+    out = np.dtype(p.get("loss_dtype") or h.dtype)
     if ok and len(args) == 4:
-        ok = args[3].shape == (w.shape[1],) and args[3].dtype == h.dtype
+        ok = args[3].shape == (w.shape[1],) and args[3].dtype in (h.dtype, out)
     if not ok or not np.issubdtype(labels.dtype, np.integer) or h.dtype != w.dtype:
         raise ShapeError(
             "chunked_xent needs h[N,D], w[D,V] of one dtype, integer labels[N] and "
             f"bias[V]; got {[(a.shape, a.dtype) for a in args]}"
         )
+    if not jnp.issubdtype(out, jnp.floating):
+        raise ShapeError(f"chunked_xent needs a float loss_dtype, got {out}")
     if p["chunk"] < 1:
         raise ShapeError(f"chunked_xent needs chunk >= 1, got {p['chunk']}")
-    return (h.shape[0],), h.dtype
+    return (h.shape[0],), out
 
 
 def _xent_cost(node: Node) -> Cost:
@@ -225,6 +238,8 @@ def _render(name: str):
 def _param_src(value: Any) -> str:
     if isinstance(value, float):
         return repr(float(value))
+    if isinstance(value, np.dtype):
+        return dtype_src(value)
     return repr(value)
 
 
@@ -232,7 +247,7 @@ register_op(
     OpDef(
         "chunked_xent",
         "fused",
-        lambda *xs, chunk: chunked_xent(*xs, chunk=chunk),
+        lambda *xs, chunk, loss_dtype=None: chunked_xent(*xs, chunk=chunk, loss_dtype=loss_dtype),
         _render("chunked_xent"),
         _xent_cost,
         type_rule=_xent_type,
