@@ -20,9 +20,10 @@ Rules, with their side conditions:
   logsumexp in any stable spelling whose shift is constant along the vocabulary axis
   (optax, `jax.nn.logsumexp`), the label logit by gather (`take_along_axis`) ->
   `chunked_xent(h, w, labels[, b])`; needs a default-precision dot (the fused op computes
-  at the default precision) with `L.dtype == h.dtype`, or that product upcast to a wider
-  float before the bias (`(h @ w).astype(float32)` of bfloat16 weights, as mixed-precision
-  training computes the loss) -> `chunked_xent(..., loss_dtype=float32)`. Also the one-hot form,
+  at the default precision) with `L.dtype == h.dtype`, or that product in a wider float
+  before the bias (`(h @ w).astype(float32)` of bfloat16 weights, or the product with
+  `preferred_element_type=float32`, as mixed-precision training computes the loss) ->
+  `chunked_xent(..., loss_dtype=float32)`. Also the one-hot form,
   `sum(one_hot(labels, V) * log_softmax(L), -1)` (optax's `softmax_cross_entropy` against
   `jax.nn.one_hot`, negated), in either log-softmax spelling -> `-chunked_xent(...)` where
   `0 <= labels < V`, and 0 elsewhere (an out-of-range label's one-hot row is all zeros).
@@ -222,20 +223,17 @@ def _labels_of(node: Node, logits: Node) -> Node | None:
     return idx
 
 
-def _upcast(node: Node) -> Node | None:
-    """The operand of `node` if it converts a float to a wider float, else `None`."""
-    if node.op != "convert_element_type" or not jnp.issubdtype(node.dtype, jnp.floating):
-        return None
-    inner = node.args[0]
-    if not jnp.issubdtype(inner.dtype, jnp.floating) or inner.dtype.itemsize >= node.dtype.itemsize:
-        return None
-    return inner
+def _wider(low: Any, high: Any) -> bool:
+    """Whether float dtype `high` is wider than float dtype `low`."""
+    floats = jnp.issubdtype(low, jnp.floating) and jnp.issubdtype(high, jnp.floating)
+    return bool(floats) and np.dtype(low).itemsize < np.dtype(high).itemsize
 
 
 def _matmul_logits(logits: Node) -> tuple[Node, Node, Node | None, Any] | None:
-    """`(h, w, bias, loss dtype)` of logits `h @ w (+ bias)`, the product possibly upcast
-    to a wider float before the bias (mixed precision: bfloat16 weights, a float32 loss);
-    the loss dtype is `None` where nothing is upcast."""
+    """`(h, w, bias, loss dtype)` of logits `h @ w (+ bias)`, the product possibly in a
+    wider float than `h` and `w` before the bias (mixed precision: bfloat16 weights, a
+    float32 loss), upcast or by `preferred_element_type`; the loss dtype is `None` where
+    the product keeps `h`'s dtype."""
     bias = None
     if logits.op == "add":
         a, b = logits.args
@@ -247,17 +245,20 @@ def _matmul_logits(logits: Node) -> tuple[Node, Node, Node | None, Any] | None:
             return None
         logits = dot
     loss_dtype = None
-    inner = _upcast(logits)
-    if inner is not None:
-        logits, loss_dtype = inner, logits.dtype
+    if logits.op == "convert_element_type" and _wider(logits.args[0].dtype, logits.dtype):
+        logits, loss_dtype = logits.args[0], logits.dtype
     if logits.op != "dot_general" or logits.params["dimension_numbers"] != MATMUL:
         return None
     if precision_of(logits) is not None:
         return None  # the fused op computes at the default precision
     h, w = logits.args
-    if h.ndim != 2 or w.ndim != 2 or logits.dtype != h.dtype or h.dtype != w.dtype:
+    if h.ndim != 2 or w.ndim != 2 or h.dtype != w.dtype:
         return None
-    if bias is not None and bias.dtype != (loss_dtype or h.dtype):
+    if logits.dtype != h.dtype:
+        if loss_dtype is not None or not _wider(h.dtype, logits.dtype):
+            return None
+        loss_dtype = logits.dtype  # preferred_element_type: accumulated and kept wide
+    if bias is not None and bias.dtype != (h.dtype if loss_dtype is None else loss_dtype):
         return None
     return h, w, bias, loss_dtype
 

@@ -87,6 +87,12 @@ def _upcast_bias_mean(h, w, labels, b):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def _preferred_f32(h, w, labels):
+    logits = jnp.dot(h, w, preferred_element_type=jnp.float32)
+    picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
 def _one_hot_upcast(h, w, labels):
     logits = (h @ w).astype(jnp.float32)
     return optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, w.shape[1]))
@@ -105,6 +111,7 @@ XENT_FORMS = {
     "optax_upcast": (_optax_upcast, False, False),
     "upcast_bias_mean": (_upcast_bias_mean, True, False),
     "one_hot_upcast": (_one_hot_upcast, False, True),
+    "preferred_f32": (_preferred_f32, False, False),
 }
 
 
@@ -130,7 +137,7 @@ def test_chunked_xent_rule(n, d, v, form, dtype, seed):
     (fused,) = [n for n in superopt.ir.toposort([fact.after]) if n.op == "chunked_xent"]
     assert fused.args[2].op == "input" and len(fused.args) == (4 if bias else 3)
     # A bfloat16 product upcast before the loss keeps a float32 loss.
-    upcast = "upcast" in form and dtype == "bfloat16"
+    upcast = ("upcast" in form or "f32" in form) and dtype == "bfloat16"
     assert fused.dtype == ("float32" if upcast else dtype)
     assert fused.params.get("loss_dtype") == (jnp.float32 if upcast else None)
 

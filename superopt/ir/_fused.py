@@ -189,7 +189,7 @@ def _xent_type(args: Sequence[Node], p: Params):
         raise ShapeError(f"chunked_xent takes h, w, labels and an optional bias, got {len(args)}")
     h, w, labels = args[:3]
     ok = h.ndim == 2 and w.ndim == 2 and labels.shape == (h.shape[0],) and h.shape[1] == w.shape[0]
-    out = np.dtype(p.get("loss_dtype") or h.dtype)
+    out = np.dtype(h.dtype if p.get("loss_dtype") is None else p["loss_dtype"])
     if ok and len(args) == 4:
         ok = args[3].shape == (w.shape[1],) and args[3].dtype in (h.dtype, out)
     if not ok or not np.issubdtype(labels.dtype, np.integer) or h.dtype != w.dtype:
