@@ -34,6 +34,7 @@ CASES = (
     "batched_loop",
     "transformer_block",
     "cross_entropy",
+    "cross_entropy_bf16",
     "attention",
     "mlp",
     "cnn",

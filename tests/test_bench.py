@@ -62,7 +62,7 @@ def test_matrix_chain_is_much_faster_with_the_default_model():
 
 
 def test_every_case_loads_and_traces():
-    assert len(CASES) == 10 and len(set(CASES)) == 10
+    assert len(CASES) == 11 and len(set(CASES)) == 11
     assert set(TARGETS) <= set(CASES)
     for name in CASES:
         fn, make_args = load_case(name)
