@@ -116,7 +116,9 @@ XENT_FORMS = {
 
 
 # One row traces to an unbatched gather (JAX drops the batch dimension); not matched.
+# The explicit example is the mixed-precision form (a float32 loss of bfloat16 weights).
 @settings(FAST, max_examples=4)
+@example(n=4, d=3, v=17, form="upcast_bias_mean", dtype="bfloat16", seed=0)
 @given(
     n=st.integers(2, 8),
     d=st.integers(1, 8),
