@@ -172,6 +172,22 @@ def calibrate(cache: bool = True, force: bool = False) -> Calibration:
     return calib
 
 
+def dataset_calibration(meta: dict[str, Any]) -> Calibration:
+    """The calibration a dataset records (`meta["calibration"]`: the peak rates of the
+    machine that measured it, written by `superopt._corpus.export`), else this machine's
+    (`calibrate()`).
+
+    Fits on a dataset use it, so that training the same dataset gives the same base on any
+    machine: the microbenchmarks behind `calibrate` move by 2x between runs on a shared
+    machine, and the base the networks learn to correct moved with them.
+
+    Raises `ValueError` naming the field if the recorded calibration is malformed."""
+    recorded = meta.get("calibration")
+    if recorded is None:
+        return calibrate()
+    return calibration_from_json(recorded)
+
+
 def xla_cost(program: Program) -> np.ndarray:
     """XLA's `(flops, transcendentals, bytes accessed)` of the compiled program (NaNs if
     XLA does not say)."""

@@ -326,7 +326,7 @@ def held_out_setup(
 
     **Returns:** `(dataset, {"learned": ..., "analytical": ...}, test_idx, test_families)`.
     """
-    from .analytical import AnalyticalCostModel
+    from .analytical import AnalyticalCostModel, dataset_calibration
     from .checkpoint import WEIGHTS_DIR, load_analytical, load_checkpoint, read_metadata
     from .dataset import split_by_family
 
@@ -339,7 +339,9 @@ def held_out_setup(
     analytical = load_analytical(weights)
     if analytical is None:
         fit_idx = np.concatenate([train_idx, val_idx])
-        analytical = AnalyticalCostModel().fit(dataset.graphs(fit_idx), dataset.runtime_s[fit_idx])
+        analytical = AnalyticalCostModel(dataset_calibration(dataset.meta)).fit(
+            dataset.graphs(fit_idx), dataset.runtime_s[fit_idx]
+        )
     return dataset, {"learned": learned, "analytical": analytical}, test_idx, test_families
 
 

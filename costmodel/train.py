@@ -245,14 +245,17 @@ def train(
     # The network's additive part sums node shares, so start from the mean per-graph time.
     offset = float(log_t.mean())
     if isinstance(base, str) and base == "analytical":
-        from .analytical import AnalyticalCostModel
+        from .analytical import AnalyticalCostModel, dataset_calibration
 
         fit_idx = np.concatenate([train_idx, val_idx])
         graphs, runtimes = dataset.graphs(fit_idx), dataset.runtime_s[fit_idx]
-        baseline = AnalyticalCostModel().fit(graphs, runtimes)
+        calib = dataset_calibration(dataset.meta)
+        baseline = AnalyticalCostModel(calib).fit(graphs, runtimes)
         base = baseline
         if config.base_loop_bytes != baseline.loop_bytes:
-            base = AnalyticalCostModel(loop_bytes=config.base_loop_bytes).fit(graphs, runtimes)
+            base = AnalyticalCostModel(calib, loop_bytes=config.base_loop_bytes).fit(
+                graphs, runtimes
+            )
     else:
         baseline = base
     if base is not None and config.base_quantile < 1.0 and hasattr(base, "scaled"):
@@ -459,7 +462,7 @@ def run_training(
 
     **Returns:** the `TrainResult`.
     """
-    from .analytical import AnalyticalCostModel
+    from .analytical import AnalyticalCostModel, dataset_calibration
     from .evaluate import DEFAULT_TEST_FAMILIES
 
     dataset = Dataset.load(dataset_path)
@@ -478,6 +481,8 @@ def run_training(
     analytical = result.baseline
     if analytical is None:
         fit_idx = np.concatenate([result.train_idx, result.val_idx])
-        analytical = AnalyticalCostModel().fit(dataset.graphs(fit_idx), dataset.runtime_s[fit_idx])
+        analytical = AnalyticalCostModel(dataset_calibration(dataset.meta)).fit(
+            dataset.graphs(fit_idx), dataset.runtime_s[fit_idx]
+        )
     (Path(out) / "analytical.json").write_text(analytical.to_json())
     return result

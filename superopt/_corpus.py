@@ -22,7 +22,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -515,7 +515,11 @@ def export(
       are rebuilt from its family and seed; a variant whose rebuilt graph differs from the
       stored one (its opcodes or edges), or that is no longer built, is left out, and
       `meta["refeaturize_dropped"]` counts those. The store itself is not modified.
+
+    The dataset's metadata records this machine's calibration (`costmodel.calibrate`):
+    export where the store was measured, since roofline fits on the dataset use it.
     """
+    from costmodel.analytical import calibrate
     from costmodel.features import NUM_CONFIG, NUM_FEATURES
 
     con = _connect(db_path)
@@ -558,6 +562,9 @@ def export(
         meta = {"backend": backend, "device_kind": kind, "versions": json.loads(versions)}
     if refeaturize:
         meta["refeaturize_dropped"] = dropped
+    # The peak rates of this machine (the one that measured the store, as a rule): the
+    # roofline fitted on the dataset divides by them (`dataset_calibration`).
+    meta["calibration"] = asdict(calibrate())
     dataset = Dataset.from_records(records, meta)
     if out is not None:
         dataset.save(out)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import sys
 
 import numpy as np
 import pytest
 
+from costmodel.analytical import calibrate
 from costmodel.features import featurize_program
 from superopt._corpus import (
     FAMILIES,
@@ -205,6 +207,8 @@ def test_collect_stores_resumes_and_exports(tmp_path):
     )
     dataset = export(db, tmp_path / "ds.npz")
     assert len(dataset) == n_rows and dataset.meta["backend"] == "cpu"
+    # The machine's peak rates, which roofline fits on the dataset divide by.
+    assert dataset.meta["calibration"] == dataclasses.asdict(calibrate())
     assert dataset.summary()["executables"] == len(set(keys))
     assert sorted(zip(dataset.program_id, dataset.executable)) == sorted(keys)
     assert (dataset.rounds >= 1).all()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import superopt
+from costmodel.analytical import Calibration
 from costmodel.checkpoint import WeightsError, load_checkpoint, save_checkpoint
 from costmodel.config import TrainConfig
 from costmodel.dataset import Dataset, Record, split_by_family
@@ -119,6 +120,22 @@ def test_training_smoke_reduces_loss_and_round_trips(tiny_dataset, tmp_path):
     g = graphs[0]
     shares = loaded.score_nodes(g.node_opcode, g.node_feat)
     assert shares.shape == (g.num_nodes,) and np.isfinite(shares).all() and (shares > 0).all()
+
+
+def test_training_fits_its_roofline_with_the_calibration_the_dataset_records(tiny_dataset):
+    # Not this machine's (its microbenchmarks move between runs): training one dataset
+    # gives one base anywhere.
+    recorded = Calibration(3e10, 2e9, 1e10, 2e-5, "cpu", "cpu")
+    meta = dict(tiny_dataset.meta, calibration=dataclasses.asdict(recorded))
+    ds = dataclasses.replace(tiny_dataset, meta=meta)
+    config = TrainConfig(width=8, embed_dim=4, num_layers=1, batch_graphs=8, steps=2,
+                         eval_every=1, ensemble=1)  # fmt: skip
+    result = train(ds, test_families=("d",), config=config, progress=False)
+    assert result.baseline.calibration == recorded == result.model.base.calibration
+    broken = dict(meta, calibration=dict(meta["calibration"], bandwidth=-1.0))
+    with pytest.raises(ValueError, match=r"calibration\.bandwidth"):
+        train(dataclasses.replace(ds, meta=broken), test_families=("d",), config=config,
+              progress=False)  # fmt: skip
 
 
 def test_training_on_the_runs_fits_those_labels_and_records_the_dataset(tiny_dataset, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -93,3 +94,5 @@ def test_shipped_weights_pass_the_loaders_checks():
     calib = fitted.calibration
     assert min(calib.matmul_flops, calib.transcendentals, calib.bandwidth) > 0
     assert model.base is not None and model.base.calibration == calib
+    # The shipped corpus records that calibration: training it again fits the same base.
+    assert Dataset.load(DATA).meta["calibration"] == dataclasses.asdict(calib)
