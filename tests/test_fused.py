@@ -32,6 +32,28 @@ def _xent_ref(h, w, labels, b):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def _xent_inputs(n, d, v, seed, dtype, bias_dtype):
+    """Hidden states, weights, labels in [-V, V) and a bias of `bias_dtype` (or None)."""
+    k = jax.random.split(jax.random.PRNGKey(seed), 4)
+    h = jax.random.normal(k[0], (n, d)).astype(dtype)
+    w = jax.random.normal(k[1], (d, v)).astype(dtype)
+    labels = jax.random.randint(k[2], (n,), -v, v)
+    b = None if bias_dtype is None else jax.random.normal(k[3], (v,)).astype(bias_dtype)
+    return h, w, labels, b
+
+
+def _xent_value_and_grad(fn, h, w, b):
+    """`fn(h, w, b)` per row and the gradient of a weighted sum of it, compiled once."""
+    n = h.shape[0]
+
+    def loss(h, w, b):
+        out = fn(h, w, b)
+        return jnp.sum(out.astype(jnp.float32) * jnp.arange(1.0, n + 1)), out
+
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(h, w, b)
+    return out, grads
+
+
 @FAST
 @given(
     n=st.integers(1, 9),
@@ -43,22 +65,11 @@ def _xent_ref(h, w, labels, b):
     seed=st.integers(0, 2**16),
 )
 def test_chunked_xent_value_and_grad(n, d, v, chunk, bias, dtype, seed):
-    k = jax.random.split(jax.random.PRNGKey(seed), 4)
-    h = jax.random.normal(k[0], (n, d)).astype(dtype)
-    w = jax.random.normal(k[1], (d, v)).astype(dtype)
-    labels = jax.random.randint(k[2], (n,), -v, v)
-    b = jax.random.normal(k[3], (v,)).astype(dtype) if bias else None
-
-    def value_and_grad(fn):
-        # One compilation per side: the value and its gradient together.
-        def loss(h, w, b):
-            out = fn(h, w, labels, b)
-            return jnp.sum(out.astype(jnp.float32) * jnp.arange(1.0, n + 1)), out
-
-        return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(h, w, b)
-
-    (_, got), g_got = value_and_grad(lambda *x: chunked_xent(*x, chunk=chunk))
-    (_, want), g_ref = value_and_grad(_xent_ref)
+    h, w, labels, b = _xent_inputs(n, d, v, seed, dtype, dtype if bias else None)
+    got, g_got = _xent_value_and_grad(
+        lambda h, w, b: chunked_xent(h, w, labels, b, chunk=chunk), h, w, b
+    )
+    want, g_ref = _xent_value_and_grad(lambda h, w, b: _xent_ref(h, w, labels, b), h, w, b)
     assert got.shape == (n,) and got.dtype == jnp.dtype(dtype)
     _close(got, want, dtype, scale=d)
     for x, y in zip(g_got, g_ref):
@@ -78,11 +89,7 @@ def test_chunked_xent_value_and_grad(n, d, v, chunk, bias, dtype, seed):
 )
 def test_chunked_xent_loss_dtype_is_the_loss_of_upcast_logits(n, d, v, chunk, bias, seed):
     # Mixed precision: bfloat16 weights, a float32 loss of the logits `(h @ w).astype(f32)`.
-    k = jax.random.split(jax.random.PRNGKey(seed), 4)
-    h = jax.random.normal(k[0], (n, d)).astype(jnp.bfloat16)
-    w = jax.random.normal(k[1], (d, v)).astype(jnp.bfloat16)
-    labels = jax.random.randint(k[2], (n,), -v, v)
-    b = jax.random.normal(k[3], (v,)) if bias else None
+    h, w, labels, b = _xent_inputs(n, d, v, seed, jnp.bfloat16, jnp.float32 if bias else None)
 
     def ref(h, w, b):
         logits = (h @ w).astype(jnp.float32) + (0.0 if b is None else b[None, :])
@@ -91,15 +98,8 @@ def test_chunked_xent_loss_dtype_is_the_loss_of_upcast_logits(n, d, v, chunk, bi
     def fused(h, w, b):
         return chunked_xent(h, w, labels, b, chunk=chunk, loss_dtype=jnp.float32)
 
-    def value_and_grad(fn):
-        def loss(h, w, b):
-            out = fn(h, w, b)
-            return jnp.sum(out * jnp.arange(1.0, n + 1)), out
-
-        return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(h, w, b)
-
-    (_, got), g_got = value_and_grad(fused)
-    (_, want), g_ref = value_and_grad(ref)
+    got, g_got = _xent_value_and_grad(fused, h, w, b)
+    want, g_ref = _xent_value_and_grad(ref, h, w, b)
     assert got.dtype == jnp.float32
     # XLA folds the upcast into the product: neither rounds the logits to bfloat16.
     _close(got, want, "float32", scale=d)
