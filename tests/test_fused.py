@@ -42,6 +42,17 @@ def _xent_inputs(n, d, v, seed, dtype, bias_dtype):
     return h, w, labels, b
 
 
+# What both chunked_xent property tests draw: shapes, chunk, a bias or none, and a seed.
+_XENT_DRAWS = dict(
+    n=st.integers(1, 9),
+    d=st.integers(1, 12),
+    v=st.integers(2, 70),
+    chunk=st.integers(1, 80),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+
+
 def _xent_value_and_grad(fn, h, w, b):
     """`fn(h, w, b)` per row and the gradient of a weighted sum of it, compiled once."""
     n = h.shape[0]
@@ -55,15 +66,7 @@ def _xent_value_and_grad(fn, h, w, b):
 
 
 @FAST
-@given(
-    n=st.integers(1, 9),
-    d=st.integers(1, 12),
-    v=st.integers(2, 70),
-    chunk=st.integers(1, 80),
-    bias=st.booleans(),
-    dtype=st.sampled_from(["float32", "bfloat16"]),
-    seed=st.integers(0, 2**16),
-)
+@given(**_XENT_DRAWS, dtype=st.sampled_from(["float32", "bfloat16"]))
 def test_chunked_xent_value_and_grad(n, d, v, chunk, bias, dtype, seed):
     h, w, labels, b = _xent_inputs(n, d, v, seed, dtype, dtype if bias else None)
     got, g_got = _xent_value_and_grad(
@@ -79,14 +82,7 @@ def test_chunked_xent_value_and_grad(n, d, v, chunk, bias, dtype, seed):
 
 
 @FAST
-@given(
-    n=st.integers(1, 9),
-    d=st.integers(1, 12),
-    v=st.integers(2, 70),
-    chunk=st.integers(1, 80),
-    bias=st.booleans(),
-    seed=st.integers(0, 2**16),
-)
+@given(**_XENT_DRAWS)
 def test_chunked_xent_loss_dtype_is_the_loss_of_upcast_logits(n, d, v, chunk, bias, seed):
     # Mixed precision: bfloat16 weights, a float32 loss of the logits `(h @ w).astype(f32)`.
     h, w, labels, b = _xent_inputs(n, d, v, seed, jnp.bfloat16, jnp.float32 if bias else None)
