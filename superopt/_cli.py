@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -387,13 +388,22 @@ def collect(
             "first."
         ),
     ] = False,
+    pin_malloc: Annotated[
+        bool,
+        typer.Option(
+            help="Measure with glibc's allocator pinned (one arena, mmap threshold 32 MiB, no "
+            "trimming), restarting the command with those settings if need be, so that a "
+            "call's page faults do not depend on what ran before it."
+        ),
+    ] = True,
 ) -> None:
     """Measure programs and their variants into a resumable store (the cost-model corpus).
 
     `--time-limit 0 --export out.npz --refeaturize` re-exports a store after a change to
-    the features without measuring anything.
+    the features without measuring anything. Each row records how the allocator ran.
     """
     from . import _corpus
+    from ._measure import PINNED_MALLOC, malloc_mode
 
     with _clean_errors():
         unknown = sorted(set(family or ()) - set(_corpus.FAMILIES))
@@ -401,9 +411,14 @@ def collect(
             raise UsageError(
                 f"unknown program families {unknown}; known: {', '.join(_corpus.FAMILIES)}"
             )
+        if remeasure and not db.exists():
+            raise UsageError(f"no store at {db} to measure again; collect into it first")
+        if pin_malloc and malloc_mode() == "default" and time_limit != 0:
+            # glibc reads its settings at startup only: run the same command again with them.
+            sys.stdout.flush()
+            argv = [sys.executable, "-m", "superopt", *sys.argv[1:]]
+            os.execve(sys.executable, argv, {**os.environ, **PINNED_MALLOC})
         if remeasure:
-            if not db.exists():
-                raise UsageError(f"no store at {db} to measure again; collect into it first")
             stats = _corpus.remeasure(
                 db, families=family or None, budget_s=budget, time_limit_s=time_limit
             )

@@ -35,7 +35,7 @@ from costmodel.features import TILE_PARAMS, GraphArrays, featurize_program
 
 from ._codegen import to_callable
 from ._families import FAMILIES, Spec
-from ._measure import Timing, timed_rounds
+from ._measure import Timing, malloc_mode, timed_rounds
 from ._trace import trace
 from .ir import Node, Params, Program
 
@@ -263,9 +263,12 @@ def _blob(a: np.ndarray) -> bytes:
 
 
 def _versions() -> str:
+    """The library versions, and how the allocator ran (`superopt._measure.malloc_mode`)."""
     import equinox
 
-    return json.dumps({"jax": jax.__version__, "equinox": equinox.__version__})
+    return json.dumps(
+        {"jax": jax.__version__, "equinox": equinox.__version__, "malloc": malloc_mode()}
+    )
 
 
 @dataclass(frozen=True)

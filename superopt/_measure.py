@@ -10,11 +10,13 @@ Each timed call's minor page faults are counted too (`Timing.faults_per_call`). 
 mapped fresh for every call costs the operating system a fault per 4 KiB page the call
 writes: on Linux, for outputs of 16 MiB and more, that can take several times as long as
 the computation, and whether a process's calls pay it depends on what the process ran
-before.
+before. Where that comes from, and how to fix it for a measurement run, is `PINNED_MALLOC`.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,35 @@ try:
     import resource
 except ImportError:  # Windows: no page-fault counts
     resource = None  # type: ignore[assignment]
+
+
+# glibc's allocator, fixed so that a call's page faults do not depend on what the process
+# ran before. By default glibc serves a request of at least its mmap threshold with fresh
+# pages (a fault per 4 KiB page on every call), and raises that threshold, up to 32 MiB,
+# each time such a block is freed; it returns freed memory at the top of a heap to the
+# system; and worker threads allocate from arenas of their own, whose heaps come and go.
+# So a 16 MiB buffer faults on every call in some processes and never in others. Pinned:
+# one arena, the threshold at its 32 MiB ceiling, nothing returned. A buffer of more than
+# 32 MiB then faults on every call, as it does in any process under the defaults, and a
+# smaller one is reused, as it is once a long-running process has raised the threshold.
+# (Measured on the cost-model corpus's machine: costmodel/weights/CARD.md.) glibc reads
+# these at startup, so a process is pinned only if it was started with them.
+PINNED_MALLOC = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+}
+
+
+def malloc_mode(environ: Mapping[str, str] | None = None) -> str:
+    """How this process's allocator runs: `"pinned"` (started with `PINNED_MALLOC`),
+    `"default"` (glibc with other settings), or `"other"` (not glibc: the settings do not
+    apply)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return "other"
+    env = os.environ if environ is None else environ
+    pinned = all(env.get(k) == v for k, v in PINNED_MALLOC.items())
+    return "pinned" if pinned else "default"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from costmodel.dataset import Dataset
+from superopt import _corpus
 from superopt._cli import app, parse_spec
+from superopt._measure import PINNED_MALLOC, malloc_mode
 
 runner = CliRunner()
 
@@ -159,7 +162,10 @@ def test_python_dash_m_superopt_works():
         assert command in done.stdout
 
 
-def test_collect_then_evaluate_and_train_need_a_dataset_file(tmp_path):
+def test_collect_then_evaluate_and_train_need_a_dataset_file(tmp_path, monkeypatch):
+    # Started with the allocator pinned already, `collect` measures in this process.
+    for name, value in PINNED_MALLOC.items():
+        monkeypatch.setenv(name, value)
     db, npz = tmp_path / "corpus.sqlite", tmp_path / "corpus.npz"
     result = runner.invoke(
         app,
@@ -169,6 +175,8 @@ def test_collect_then_evaluate_and_train_need_a_dataset_file(tmp_path):
     assert result.exit_code == 0, result.output
     assert "1 of 1 programs done" in result.output and npz.is_file()
     assert "of 1 programs in 1 families" in result.output
+    if malloc_mode() != "other":
+        assert Dataset.load(npz).meta["versions"]["malloc"] == "pinned"
     again = ["collect", str(db), "--remeasure", "--budget", "0.02", "--export", str(npz)]
     result = runner.invoke(app, again)
     assert result.exit_code == 0, result.output
@@ -180,6 +188,48 @@ def test_collect_then_evaluate_and_train_need_a_dataset_file(tmp_path):
         result = runner.invoke(app, [command, str(tmp_path / "missing.npz")])
         assert result.exit_code == 1
         assert "missing.npz is not a file" in result.stderr
+
+
+class _Restarted(Exception):
+    pass
+
+
+def test_collect_restarts_itself_with_the_allocator_pinned(tmp_path, monkeypatch):
+    for name in PINNED_MALLOC:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("superopt._measure.malloc_mode", lambda environ=None: "default")
+    monkeypatch.setattr(sys, "argv", ["superopt", "collect", str(tmp_path / "c.sqlite")])
+    calls = []
+
+    def execve(path, argv, env):
+        calls.append((path, argv, env))
+        raise _Restarted
+
+    monkeypatch.setattr("os.execve", execve)
+    result = runner.invoke(app, ["collect", str(tmp_path / "c.sqlite")])
+    assert isinstance(result.exception, _Restarted)
+    [(path, argv, env)] = calls
+    assert path == sys.executable
+    assert argv == [sys.executable, "-m", "superopt", "collect", str(tmp_path / "c.sqlite")]
+    assert all(env[k] == v for k, v in PINNED_MALLOC.items())
+    assert not (tmp_path / "c.sqlite").exists()
+    # Not restarted when asked not to: it measures as it runs, and the rows say so.
+    result = runner.invoke(
+        app,
+        ["collect", str(tmp_path / "c.sqlite"), "--no-pin-malloc", "--programs-per-family",
+         "1", "--family", "elementwise", "--budget", "0.02", "--export", str(tmp_path / "c.npz")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
+    assert Dataset.load(tmp_path / "c.npz").meta["versions"]["malloc"] == _corpus.malloc_mode()
+
+
+def test_malloc_mode_reads_the_settings_glibc_started_with():
+    pinned = malloc_mode(PINNED_MALLOC)
+    assert pinned in ("pinned", "other")
+    if pinned == "pinned":
+        assert malloc_mode({}) == "default"
+        assert malloc_mode({**PINNED_MALLOC, "MALLOC_ARENA_MAX": "2"}) == "default"
 
 
 def test_collect_rejects_an_unknown_family(tmp_path):
