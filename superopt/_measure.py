@@ -20,6 +20,7 @@ import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -55,12 +56,23 @@ PINNED_MALLOC = {
 def malloc_mode(environ: Mapping[str, str] | None = None) -> str:
     """How this process's allocator runs: `"pinned"` (started with `PINNED_MALLOC`),
     `"default"` (glibc with other settings), or `"other"` (not glibc: the settings do not
-    apply)."""
+    apply). `environ` is the environment the process started with (default: this
+    process's, as the kernel recorded it, which later changes to `os.environ` do not
+    touch)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "other"
-    env = os.environ if environ is None else environ
+    env = _startup_environ() if environ is None else environ
     pinned = all(env.get(k) == v for k, v in PINNED_MALLOC.items())
     return "pinned" if pinned else "default"
+
+
+def _startup_environ() -> Mapping[str, str]:
+    try:
+        raw = Path("/proc/self/environ").read_bytes()
+    except OSError:  # no procfs: the environment as it is now
+        return os.environ
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
 
 
 @dataclass(frozen=True)

@@ -162,22 +162,18 @@ def test_python_dash_m_superopt_works():
         assert command in done.stdout
 
 
-def test_collect_then_evaluate_and_train_need_a_dataset_file(tmp_path, monkeypatch):
-    # Started with the allocator pinned already, `collect` measures in this process.
-    for name, value in PINNED_MALLOC.items():
-        monkeypatch.setenv(name, value)
+def test_collect_then_evaluate_and_train_need_a_dataset_file(tmp_path):
     db, npz = tmp_path / "corpus.sqlite", tmp_path / "corpus.npz"
     result = runner.invoke(
         app,
         ["collect", str(db), "--programs-per-family", "1", "--family", "elementwise",
-         "--budget", "0.02", "--export", str(npz)],
+         "--budget", "0.02", "--export", str(npz), "--no-pin-malloc"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "1 of 1 programs done" in result.output and npz.is_file()
     assert "of 1 programs in 1 families" in result.output
-    if malloc_mode() != "other":
-        assert Dataset.load(npz).meta["versions"]["malloc"] == "pinned"
-    again = ["collect", str(db), "--remeasure", "--budget", "0.02", "--export", str(npz)]
+    again = ["collect", str(db), "--remeasure", "--budget", "0.02", "--export", str(npz),
+             "--no-pin-malloc"]  # fmt: skip
     result = runner.invoke(app, again)
     assert result.exit_code == 0, result.output
     assert "1 of 1 programs done" in result.output
@@ -222,14 +218,30 @@ def test_collect_restarts_itself_with_the_allocator_pinned(tmp_path, monkeypatch
     assert result.exit_code == 0, result.output
     assert len(calls) == 1
     assert Dataset.load(tmp_path / "c.npz").meta["versions"]["malloc"] == _corpus.malloc_mode()
+    # Not restarted when started pinned already.
+    monkeypatch.setattr("superopt._measure.malloc_mode", lambda environ=None: "pinned")
+    result = runner.invoke(app, ["collect", str(tmp_path / "c.sqlite"), "--remeasure"])
+    assert result.exit_code == 0, result.output
+    assert "1 of 1 programs done" in result.output and len(calls) == 1
 
 
-def test_malloc_mode_reads_the_settings_glibc_started_with():
+def test_malloc_mode_reads_the_settings_glibc_started_with(monkeypatch):
     pinned = malloc_mode(PINNED_MALLOC)
     assert pinned in ("pinned", "other")
-    if pinned == "pinned":
-        assert malloc_mode({}) == "default"
-        assert malloc_mode({**PINNED_MALLOC, "MALLOC_ARENA_MAX": "2"}) == "default"
+    if pinned == "other":
+        return
+    assert malloc_mode({}) == "default"
+    assert malloc_mode({**PINNED_MALLOC, "MALLOC_ARENA_MAX": "2"}) == "default"
+    # Settings made after startup are not the ones glibc read.
+    started_with = malloc_mode()
+    for name, value in PINNED_MALLOC.items():
+        monkeypatch.setenv(name, value)
+    assert malloc_mode() == started_with
+    started = subprocess.run(
+        [sys.executable, "-c", "from superopt._measure import malloc_mode; print(malloc_mode())"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert started.stdout.strip() == "pinned", started.stderr
 
 
 def test_collect_rejects_an_unknown_family(tmp_path):
