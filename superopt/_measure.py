@@ -41,11 +41,11 @@ except ImportError:  # Windows: no page-fault counts
 # system; and worker threads allocate from arenas of their own, whose heaps come and go.
 # So a 16 MiB buffer faults on every call in some processes and never in others. Pinned:
 # one arena, the threshold at its 32 MiB ceiling, nothing returned. A smaller buffer is
-# then reused, as it is once a long-running process has raised the threshold. A larger one
-# faults on every call (as in fresh processes under the defaults) unless the one heap has
-# grown a free block that large. (Measured on the cost-model corpus's machine:
-# costmodel/weights/CARD.md.) glibc reads these at startup, so a process is pinned only if
-# it was started with them.
+# then reused, as it is once a long-running process has raised the threshold. One of
+# 32 MiB or more faults on every call (as in fresh processes under the defaults) unless the
+# one heap has grown a free block that large. (Measured on the cost-model corpus's
+# machine: costmodel/weights/CARD.md.) glibc reads these at startup, so a process is
+# pinned only if it was started with them.
 PINNED_MALLOC = {
     "MALLOC_ARENA_MAX": "1",
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
