@@ -148,8 +148,9 @@ def _check_meta(meta: Any) -> _Meta:
     _check_int(cfg.num_layers, "config.num_layers", 0)
     _check_int(cfg.batch_graphs, "config.batch_graphs", 1, _MAX_BATCH_GRAPHS)
     _check_int(cfg.ensemble, "config.ensemble", 1)
-    if not isinstance(cfg.correction, bool):
-        raise ValueError(f"config.correction must be true or false, not {cfg.correction!r}")
+    for name in ("correction", "context_shares"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"config.{name} must be true or false, not {getattr(cfg, name)!r}")
     if "log_offset" not in meta:
         raise ValueError("log_offset is missing")
     offset = meta["log_offset"]
@@ -293,6 +294,7 @@ def load_checkpoint(path: str | Path, backend: str | None = None) -> LearnedCost
                 cfg.num_layers,
                 key=jax.random.PRNGKey(0),
                 correction=cfg.correction,
+                context_shares=cfg.context_shares,
             )
         )
         skeleton = LearnedCostModel(

@@ -96,6 +96,13 @@ class TrainConfig:
     # (0.3: best MAPE, worst tile numbers), but three networks with 0.15 only matched the
     # shipped three, so the default stays 0 (costmodel/weights/CARD.md).
     opcode_dropout: float = 0.0
+    # Time a whole graph by node shares read off the message-passed embeddings (a second
+    # node head; `GraphModel`'s `context_shares`), so that a node's share can depend on
+    # what it is fused with; extraction keeps summing each node's own share. Three
+    # networks on the validation families: 0.841 / 2.3% / 12.6% / 0.837 against 0.838 /
+    # 1.9% / 13.1% / 0.843 for the default trained with the same calibration, mixed, so
+    # the default stays off (costmodel/weights/CARD.md).
+    context_shares: bool = False
 
     def __post_init__(self) -> None:
         # A config read back from a checkpoint's JSON has a list here.

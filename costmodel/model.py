@@ -199,6 +199,9 @@ class GraphModel(eqx.Module):
       (`False`: a graph's time is the base plus its nodes' shares).
     - `steps_scale`: the training std of the `log_num_tiles` feature (so that the
       normalized column times it is log(steps)); `0` leaves loops to the network alone.
+    - `context_shares`: whether the whole graph's time sums node shares read off the
+      message-passed embeddings (a second node head) rather than each node's own share;
+      the additive part, which extraction sums, keeps the nodes' own shares.
     """
 
     embed: eqx.nn.Embedding
@@ -207,6 +210,7 @@ class GraphModel(eqx.Module):
     layers: tuple[_SAGELayer, ...]
     head: eqx.nn.MLP
     steps_scale: Float[Array, ""]
+    context_head: eqx.nn.Linear | None = None
     correction: bool = eqx.field(static=True, default=True)
 
     def __init__(
@@ -218,6 +222,7 @@ class GraphModel(eqx.Module):
         key: PRNGKeyArray,
         steps_scale: float = 0.0,
         correction: bool = True,
+        context_shares: bool = False,
     ):
         k_embed, k_mlp, k_node, k_head, *k_layers = jax.random.split(key, 4 + num_layers)
         self.embed = eqx.nn.Embedding(NUM_OPCODES, embed_dim, key=k_embed)
@@ -233,6 +238,9 @@ class GraphModel(eqx.Module):
         )
         self.steps_scale = jnp.asarray(steps_scale, jnp.float32)
         self.correction = correction
+        if context_shares:
+            context_head = eqx.nn.Linear(width, "scalar", key=jax.random.fold_in(k_node, 1))
+            self.context_head = eqx.tree_at(lambda m: m.bias, context_head, jnp.asarray(-3.0))
 
     def encode(
         self, node_opcode: Int[Array, " n"], node_feat: Float[Array, "n feat"]
@@ -264,23 +272,35 @@ class GraphModel(eqx.Module):
         b = batch.num_graphs
         h, node_log = self.encode(batch.node_opcode, batch.node_feat)
         seg = batch.node_graph
-        masked = jnp.where(batch.node_mask > 0, node_log, -1e30)
-        peak = jax.ops.segment_max(masked, seg, b + 1)
-        peak = jnp.where(jnp.isfinite(peak) & (peak > -1e29), peak, 0.0)
-        total = jax.ops.segment_sum(jnp.exp(masked - peak[seg]) * batch.node_mask, seg, b + 1)
-        additive = (peak + jnp.log(jnp.maximum(total, 1e-30)))[:b]
-        additive = jnp.logaddexp(additive, batch.base_log)
+        additive = jnp.logaddexp(_graph_logsumexp(node_log, batch), batch.base_log)
         if not self.correction:
             return additive, additive, node_log
         for layer in self.layers:
             h = layer(h, batch)
+        whole = additive
+        if self.context_head is not None:
+            # The same sum of shares, each read off a node's message-passed embedding (what
+            # XLA fuses it with shows there), with the same loop prior.
+            log_steps = jax.lax.stop_gradient(self.steps_scale) * batch.node_feat[:, _STEPS_COL]
+            context_log = jax.vmap(self.context_head)(h) + log_steps
+            whole = jnp.logaddexp(_graph_logsumexp(context_log, batch), batch.base_log)
         mask = batch.node_mask[:, None]
         pooled_sum = jax.ops.segment_sum(h * mask, seg, b + 1)[:b]
         pooled_max = jax.ops.segment_max(jnp.where(mask > 0, h, -1e30), seg, b + 1)[:b]
         pooled_max = jnp.where(pooled_max > -1e29, pooled_max, 0.0)
         count = jnp.maximum(jax.ops.segment_sum(batch.node_mask, seg, b + 1)[:b], 1.0)
         pooled = jnp.concatenate([pooled_sum / count[:, None], pooled_max, batch.config], -1)
-        return additive + jax.vmap(self.head)(pooled), additive, node_log
+        return whole + jax.vmap(self.head)(pooled), additive, node_log
+
+
+def _graph_logsumexp(node_log: Float[Array, " nodes"], batch: Batch) -> Float[Array, " graphs"]:
+    """Per graph of `batch`, the log of the sum of its nodes' `exp(node_log)`."""
+    b, seg = batch.num_graphs, batch.node_graph
+    masked = jnp.where(batch.node_mask > 0, node_log, -1e30)
+    peak = jax.ops.segment_max(masked, seg, b + 1)
+    peak = jnp.where(jnp.isfinite(peak) & (peak > -1e29), peak, 0.0)
+    total = jax.ops.segment_sum(jnp.exp(masked - peak[seg]) * batch.node_mask, seg, b + 1)
+    return (peak + jnp.log(jnp.maximum(total, 1e-30)))[:b]
 
 
 @eqx.filter_jit

@@ -304,6 +304,7 @@ def train(
             key=key,
             steps_scale=float(std[FEATURE_INDEX["log_num_tiles"]]) if config.loop_prior else 0.0,
             correction=config.correction,
+            context_shares=config.context_shares,
         )
         best_loss, network, member_history = _fit_network(
             network, optimizer, train_idx, dataset.program_id, prepare, val_batches,

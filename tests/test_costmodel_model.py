@@ -376,6 +376,59 @@ def test_without_correction_a_graph_is_its_base_plus_node_shares(tiny_dataset):
     assert np.allclose(np.exp(np.asarray(additive)), per_graph, rtol=1e-4)
 
 
+def test_context_shares_time_the_whole_graph_from_message_passed_nodes(tiny_dataset, tmp_path):
+    import equinox as eqx
+
+    key = jax.random.PRNGKey(0)
+    plain = GraphModel(8, 4, 2, key=key)
+    net = GraphModel(8, 4, 2, key=key, context_shares=True)
+
+    def flat(m):
+        """`m` with its head's correction zeroed, to see the shares alone."""
+        last = m.head.layers[-1]
+        zeros = (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias))
+        return eqx.tree_at(lambda m: (m.head.layers[-1].weight, m.head.layers[-1].bias), m, zeros)
+
+    graphs = tiny_dataset.graphs(range(3))
+    batch = pack(graphs, 4)
+    total, additive, node_log = flat(net).parts(batch)
+    plain_total, plain_additive, plain_log = flat(plain).parts(batch)
+    # What extraction sums stays each node's own share; the graph's time sums shares read
+    # off the message-passed embeddings.
+    assert np.allclose(additive, plain_additive) and np.allclose(node_log, plain_log)
+    assert np.allclose(plain_total, plain_additive) and not np.allclose(total, additive)
+    h = _embed(net, batch)
+    shares = np.exp(np.asarray(jax.vmap(net.context_head)(h))) * np.asarray(batch.node_mask)
+    per_graph = np.bincount(np.asarray(batch.node_graph), shares, minlength=5)[:4]
+    assert np.allclose(np.exp(np.asarray(total)), per_graph, rtol=1e-4)
+    # A node's context share moves with its neighbours' features; its own share does not.
+    g = graphs[0]
+    src, dst = g.edge_index[0]
+    feat = g.node_feat.copy()
+    feat[src] += 1.0
+    batches = [pack([g], 1), pack([dataclasses.replace(g, node_feat=feat)], 1)]
+    ctx = [np.asarray(jax.vmap(net.context_head)(_embed(net, b))) for b in batches]
+    own = [np.asarray(net.encode(b.node_opcode, b.node_feat)[1]) for b in batches]
+    assert ctx[0][dst] != ctx[1][dst] and own[0][dst] == own[1][dst]
+    # Trained and saved, the option comes back from the checkpoint.
+    config = TrainConfig(width=8, embed_dim=4, num_layers=1, batch_graphs=8, steps=10,
+                         eval_every=5, ensemble=1, context_shares=True)  # fmt: skip
+    result = train(tiny_dataset, test_families=("d",), config=config, out=tmp_path,
+                   progress=False)  # fmt: skip
+    loaded = load_checkpoint(tmp_path, backend="cpu")
+    assert loaded.network.context_head is not None
+    test = tiny_dataset.graphs(result.test_idx[:4])
+    assert np.allclose(loaded.score_programs(test), result.model.score_programs(test))
+
+
+def _embed(net, batch):
+    """The node embeddings after message passing."""
+    h, _ = net.encode(batch.node_opcode, batch.node_feat)
+    for layer in net.layers:
+        h = layer(h, batch)
+    return h
+
+
 @pytest.mark.parametrize("rank_loss", ["pairwise", "listmle"])
 def test_rank_losses_reward_the_measured_order_and_skip_ties(rank_loss):
     from costmodel.train import _fit_terms
