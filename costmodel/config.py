@@ -81,12 +81,16 @@ class TrainConfig:
     ensemble: int = 3
     # What training (and early stopping) fits for a record measured in two runs
     # (`Dataset.runtime_of_runs`): "first" (the first run alone), "mean" (the geometric
-    # mean of both) or "min" (the faster). "mean" beat "first" on the validation families
+    # mean of both), "min" (the faster) or "in_use" (the mean, but a program with a buffer
+    # of 32 MiB or more takes the run in which that buffer took its page faults, as it does
+    # on every call in a fresh process). "mean" beat "first" on the validation families
     # (on all four numbers against mean labels, on three against first-run labels). "min"
     # was level there, but it drops the page faults a large buffer takes in one run and
     # not the other, and a program whose 32 MiB buffers fault on every call in use then
     # looks as fast as one that avoids them: with it, the benchmark's cross-entropy head
-    # stayed unchunked (costmodel/weights/CARD.md).
+    # stayed unchunked. "in_use" was level on validation and worse held out, and its three
+    # networks predicted that head's chunking gain at 3%, 18% and 29%
+    # (costmodel/weights/CARD.md).
     run_labels: str = "mean"
     # The share of nodes whose opcode each training step hides (as `UNKNOWN`), so that a
     # node's time is learned from its features (shape, FLOPs, bytes) as well as from which
@@ -108,7 +112,9 @@ class TrainConfig:
         # A config read back from a checkpoint's JSON has a list here.
         object.__setattr__(self, "val_families", tuple(self.val_families))
         if self.run_labels not in ("first", *RUN_COMBINATIONS):
-            raise ValueError(f"run_labels is 'first', 'mean' or 'min', not {self.run_labels!r}")
+            raise ValueError(
+                f"run_labels is 'first', 'mean', 'min' or 'in_use', not {self.run_labels!r}"
+            )
         if self.rank_loss not in RANK_LOSSES:
             raise ValueError(f"rank_loss is one of {RANK_LOSSES}, not {self.rank_loss!r}")
         if self.base_loop_bytes not in LOOP_BYTES:

@@ -155,9 +155,9 @@ def test_training_on_the_runs_fits_those_labels_and_records_the_dataset(tiny_dat
     assert (mean[~(a | b)] == first[~(a | b)]).all() and (
         fastest[~(a | b)] == first[~(a | b)]
     ).all()
-    with pytest.raises(ValueError, match="'mean' or 'min'"):
+    with pytest.raises(ValueError, match="'mean', 'min' or 'in_use'"):
         ds.runtime_of_runs("median")
-    with pytest.raises(ValueError, match="run_labels is 'first', 'mean' or 'min'"):
+    with pytest.raises(ValueError, match="run_labels is 'first', 'mean', 'min' or 'in_use'"):
         TrainConfig(run_labels="max")
     with pytest.raises(ValueError, match="base_loop_bytes is one of"):
         TrainConfig(base_loop_bytes="xla")
@@ -183,6 +183,40 @@ def test_training_on_the_runs_fits_those_labels_and_records_the_dataset(tiny_dat
     first_run = ratio(slower, "first")  # the second run is not read: the same fit for both
     assert ratio(slower, "mean") > first_run
     assert ratio(faster, "min") < first_run
+
+
+def test_in_use_labels_take_the_run_with_the_faults_for_programs_with_large_buffers():
+    def lse(columns):
+        # h @ w is [256, columns] float32: 32 MiB at 32768 columns (tracing runs nothing).
+        program = superopt.trace(
+            lambda h, w: jax.nn.logsumexp(h @ w, axis=-1),
+            jax.ShapeDtypeStruct((256, 8), jnp.float32),
+            jax.ShapeDtypeStruct((8, columns), jnp.float32),
+        ).program
+        return featurize_program(program)
+
+    large, just_under, small = lse(32768), lse(32767), lse(1024)
+    ms = 1e-3
+    rows = [  # (program, variant, graph, first run, second run)
+        ("faulted_second", "logits", large, 10 * ms, 20 * ms),
+        ("faulted_second", "chunked", small, 10 * ms, 11 * ms),
+        ("faulted_first", "logits", large, 20 * ms, 10 * ms),
+        ("faulted_first", "chunked", small, 11 * ms, 10 * ms),
+        ("every_variant_large", "a", large, 10 * ms, 14 * ms),
+        ("every_variant_large", "b", large, 12 * ms, 13 * ms),
+        ("under_32_mib", "logits", just_under, 1 * ms, 4 * ms),
+        ("under_32_mib", "chunked", small, 2 * ms, 2 * ms),
+    ]
+    ds = Dataset.from_records(
+        [Record("f", p, v, g, first, 0.01, repeat_s=second) for p, v, g, first, second in rows]
+    )
+    assert ds.large_buffers().tolist() == [True, False, True, False, True, True, False, False]
+    in_use = ds.runtime_of_runs("in_use") / ms
+    # One run per program: the one in which its large-buffer variants were slower than its
+    # other variants (or, with no others, slower), at the mean elsewhere.
+    assert np.allclose(in_use, [20, 11, 20, 11, 14, 13, 2, 2])
+    assert np.allclose(ds.runtime_of_runs("mean")[:2] / ms, [np.sqrt(200), np.sqrt(110)])
+    assert TrainConfig(run_labels="in_use").run_labels == "in_use"
 
 
 def test_checkpoints_from_before_run_labels_load_with_the_labels_they_trained_on():
