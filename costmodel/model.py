@@ -254,10 +254,12 @@ class GraphModel(eqx.Module):
         """
         x = jnp.concatenate([jax.vmap(self.embed)(node_opcode), node_feat], axis=-1)
         h = jax.vmap(self.node_mlp)(x)
+        return h, jax.vmap(self.node_head)(h) + self._log_steps(node_feat)
+
+    def _log_steps(self, node_feat: Float[Array, "n feat"]) -> Float[Array, " n"]:
         # The normalized log-steps column times its training std is log(steps) up to a
         # constant (which the head's bias absorbs).
-        log_steps = jax.lax.stop_gradient(self.steps_scale) * node_feat[:, _STEPS_COL]
-        return h, jax.vmap(self.node_head)(h) + log_steps
+        return jax.lax.stop_gradient(self.steps_scale) * node_feat[:, _STEPS_COL]
 
     def __call__(self, batch: Batch) -> tuple[Float[Array, " graphs"], Float[Array, " nodes"]]:
         """`(log seconds of each graph, log seconds of each node's share)`."""
@@ -281,8 +283,7 @@ class GraphModel(eqx.Module):
         if self.context_head is not None:
             # The same sum of shares, each read off a node's message-passed embedding (what
             # XLA fuses it with shows there), with the same loop prior.
-            log_steps = jax.lax.stop_gradient(self.steps_scale) * batch.node_feat[:, _STEPS_COL]
-            context_log = jax.vmap(self.context_head)(h) + log_steps
+            context_log = jax.vmap(self.context_head)(h) + self._log_steps(batch.node_feat)
             whole = jnp.logaddexp(_graph_logsumexp(context_log, batch), batch.base_log)
         mask = batch.node_mask[:, None]
         pooled_sum = jax.ops.segment_sum(h * mask, seg, b + 1)[:b]
